@@ -16,7 +16,11 @@ INSTALL_REQUIRES = [
     "safetensors",
     "av==18.1.0",
     "openai-clip==1.0.1",  # ships the CLIP BPE vocabulary offline
+    "ftfy",
+    "regex",
     "pillow",
+    "scikit-image",  # the built-in dataset's photos (skimage.data)
+    "msgpack",
     "tqdm",
     "tensorboardX",
 ]
@@ -27,8 +31,8 @@ EXTRAS_REQUIRE = {
         "chex",
         "torch==2.13.0",  # CPU wheel; any other spec pulls CUDA wheels
         "diffusers==0.42.1",
-        "scikit-image",
     ],
+    "caption": ["torch==2.13.0"],  # BLIP-2 / CLIP captioning tools (transformers PyTorch models)
     "tfds": ["tensorflow-datasets", "array_record"],
 }
 

@@ -7,11 +7,18 @@ Inference checkpoint (written by ``vidrd_jax.convert`` and ``vidrd_jax.export``,
     DIR/params/             Orbax PyTree checkpoint of {"unet": ..., "vae": ..., "text_encoder": ...}
 
 Model configs are the ``to_dict()`` of each model's config dataclass.
+
+Training checkpoint (written and read by ``vidrd_jax.train``, read by ``vidrd_jax.export``)::
+
+    WORKDIR/checkpoints/<step>/state/    Orbax PyTree of the TrainState (params, optimizer state, EMA, step, RNG)
+    WORKDIR/checkpoints/<step>/data/     Grain iterator state, process_<i>-of-<n>.json
+    WORKDIR/checkpoints/<step>/config/   the run's ml_collections config as JSON
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Mapping
 
 import jax
@@ -54,3 +61,113 @@ def load_inference_checkpoint(directory: str, abstract_params: Any = None) -> tu
     params = checkpointer.restore(params_dir, abstract_params) if abstract_params is not None \
         else checkpointer.restore(params_dir)
     return params, model_config
+
+
+# --- initialising training from an inference checkpoint ----------------------------------------------------------
+
+def load_pretrained_params(directory: str, target: Mapping[str, Any], allow_missing: str = "") -> tuple[dict, list]:
+    """Reads the parameters of inference checkpoint ``directory`` that ``target`` also has, onto ``target``'s devices.
+
+    ``target`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` (the model being trained); values are cast to
+    its dtypes. Every checkpoint tensor must exist in ``target`` with the same shape; target parameters missing from
+    the checkpoint are allowed only if their path matches the regex ``allow_missing`` (e.g. ``"temp_"``: VidRD's new
+    temporal layers keep their fresh init on top of an SD-2.1 conversion). Returns ``(flat {path: array},
+    missing_paths)``; raises one ``ValueError`` listing every problem.
+    """
+    from vidrd_jax.train_state import flatten, unflatten  # local: train_state is a higher layer
+
+    params_dir = os.path.join(os.path.abspath(directory), PARAMS_DIR)
+    load_model_config(directory)
+    stored = flatten(ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree)
+    wanted = flatten(target)
+    unexpected = sorted(stored.keys() - wanted.keys())
+    missing = sorted(wanted.keys() - stored.keys())
+    misshaped = sorted(f"{p}: checkpoint {tuple(stored[p].shape)} vs model {tuple(wanted[p].shape)}"
+                       for p in stored.keys() & wanted.keys() if tuple(stored[p].shape) != tuple(wanted[p].shape))
+    rx = re.compile(allow_missing) if allow_missing else None
+    disallowed = [p for p in missing if rx is None or not rx.search(p)]
+    problems = [f"{len(v)} {k}: {', '.join(v[:10])}{' …' if len(v) > 10 else ''}"
+                for k, v in (("unexpected", unexpected), ("missing (not matching allow_missing="
+                                                          f"{allow_missing!r})", disallowed), ("misshaped", misshaped))
+                if v]
+    if problems:
+        raise ValueError(f"{directory!r} does not fit the model being trained: " + "; ".join(problems))
+    subset = unflatten({p: wanted[p] for p in stored})
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    restored = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
+        item=subset, restore_args=ocp.checkpoint_utils.construct_restore_args(subset), partial_restore=True))
+    return flatten(restored), missing
+
+
+# --- train-state checkpoints -------------------------------------------------------------------------------------
+
+STATE_ITEM, DATA_ITEM, CONFIG_ITEM = "state", "data", "config"
+
+
+class TrainCheckpointer:
+    """Orbax ``CheckpointManager`` for training: ``DIR/<step>/{state, data, config}``.
+
+    * ``state``: the whole train state (params, optimizer state, EMA, step, RNG, skip count), sharded arrays.
+    * ``data``: the Grain iterator state, one JSON file per process (``grain.checkpoint.CheckpointHandler``).
+    * ``config``: the run's config as JSON.
+
+    Saves are asynchronous (``async_save``): ``save`` returns once arrays are copied off the devices and a background
+    thread writes them. Orbax writes into a temporary directory and renames it when complete (on GCS: a
+    ``commit_success`` marker), so a save cut short by pre-emption or ``SIGKILL`` is never listed by
+    :meth:`latest_step` and never restored; leftovers are deleted when the next run opens the directory.
+    """
+
+    def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+        import grain  # deferred: only training needs it
+
+        self.directory = os.path.abspath(directory)
+        self._grain = grain
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=(STATE_ITEM, DATA_ITEM, CONFIG_ITEM))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iterator: Any, config: Mapping[str, Any]) -> None:
+        """Starts saving ``state``, the iterator position and ``config`` as checkpoint ``step``."""
+        self.manager.save(step, force=True, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(state),
+            DATA_ITEM: self._grain.checkpoint.CheckpointSave(data_iterator),
+            CONFIG_ITEM: ocp.args.JsonSave(dict(config)),
+        }))
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict[str, Any]]:
+        """Restores checkpoint ``step`` onto ``abstract_state`` 's shardings; moves ``data_iterator`` in place.
+
+        Returns ``(state, config_dict)``.
+        """
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+            DATA_ITEM: self._grain.checkpoint.CheckpointRestore(data_iterator),
+            CONFIG_ITEM: ocp.args.JsonRestore(),
+        }))
+        return restored[STATE_ITEM], dict(restored[CONFIG_ITEM])
+
+    def restore_params(self, step: int, target: Mapping[str, Any]) -> dict[str, Any]:
+        """Reads only the sub-tree ``target`` (e.g. ``{"trainable": …, "frozen": …}``) of checkpoint ``step`` 's
+        state, as numpy arrays (``target`` leaves: ``jax.ShapeDtypeStruct`` without sharding)."""
+        path = os.path.join(self.directory, str(step), STATE_ITEM)
+        restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), target)
+        return ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(path, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+
+    def read_config(self, step: int) -> dict[str, Any]:
+        with open(os.path.join(self.directory, str(step), CONFIG_ITEM, "metadata")) as f:
+            return json.load(f)
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are committed."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

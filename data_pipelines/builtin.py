@@ -1,0 +1,289 @@
+"""Built-in offline dataset (default for demos and tests): procedurally generated captioned clips and
+pseudo-videos of the real photos bundled with scikit-image.
+
+Shapes: a coloured shape moving in a stated direction over a plain or textured neutral-gray background, captioned
+``"a red circle moving left"``. Everything is a pure function of ``(seed, index)`` at any resolution and frame
+count; the (colour, shape, direction) vocabulary is exposed, and combinations can be held out for a compositional
+train / evaluation split: ``heldout_combos`` picks combinations each of whose attribute *pairs* still occurs in
+training, so held-out prompts are novel compositions of seen words. ``render_clip`` is the renderer an evaluator
+uses to draw reference clips for any combination.
+
+Photos: ``skimage.data`` photographs (astronaut, coffee, chelsea, rocket, …) with short captions, turned into
+pseudo-videos by random zoom/pan (paper §4.2). Grayscale photos are converted to RGB.
+
+Both sources ignore the pipeline's per-element RNG: item ``i`` is drawn from ``numpy.random.default_rng([seed, i])``
+so it is reproducible outside the pipeline (``source.load(i, None)``).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+
+from data_pipelines import base, pseudo_video, transforms
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 70),
+    "blue": (40, 90, 230),
+    "yellow": (240, 210, 40),
+    "purple": (150, 70, 200),
+    "orange": (245, 140, 30),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (dy, dx)
+BACKGROUNDS: tuple[str, ...] = ("plain", "textured")
+Combo = tuple[str, str, str]  # (colour, shape, direction)
+
+PHOTOS: dict[str, str] = {
+    "astronaut": "a photo of an astronaut",
+    "coffee": "a photo of a cup of coffee",
+    "chelsea": "a photo of a cat",
+    "rocket": "a photo of a rocket on a launch pad",
+    "camera": "a black and white photo of a man with a camera",
+    "coins": "a black and white photo of old coins",
+    "hubble_deep_field": "a photo of galaxies in deep space",
+    "immunohistochemistry": "a microscope image of stained tissue",
+    "retina": "a photo of a human retina",
+    "moon": "a black and white photo of the surface of the moon",
+    "brick": "a black and white photo of a brick wall",
+    "grass": "a black and white photo of grass",
+    "gravel": "a black and white photo of gravel",
+    "motorcycle": "a photo of a motorcycle",
+}
+
+
+def caption_for(colour: str, shape: str, direction: str) -> str:
+    """``"a red circle moving left"`` (``"an orange …"``)."""
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{article} {colour} {shape} moving {direction}"
+
+
+def all_combos() -> list[Combo]:
+    """Every (colour, shape, direction), in vocabulary order."""
+    return list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
+
+
+def parse_combo(text: str) -> Combo:
+    """``"red circle left"`` or ``"a red circle moving left"`` -> ``("red", "circle", "left")``."""
+    words = [w for w in text.lower().split() if w not in ("a", "an", "moving")]
+    if len(words) != 3 or words[0] not in COLOURS or words[1] not in SHAPES or words[2] not in DIRECTIONS:
+        raise ValueError(f"holdout: {text!r} is not 'colour shape direction' with colour in {list(COLOURS)}, "
+                         f"shape in {list(SHAPES)}, direction in {list(DIRECTIONS)}")
+    return words[0], words[1], words[2]
+
+
+def _pairs(combo: Combo) -> list[tuple[int, str, str]]:
+    return [(0, combo[0], combo[1]), (1, combo[0], combo[2]), (2, combo[1], combo[2])]
+
+
+def _pairs_covered(heldout: set[Combo]) -> bool:
+    """Every attribute pair of every held-out combo occurs in some training combo."""
+    seen = {p for c in all_combos() if c not in heldout for p in _pairs(c)}
+    return all(p in seen for c in heldout for p in _pairs(c))
+
+
+@functools.lru_cache(maxsize=64)
+def heldout_combos(fraction: float = 0.2, seed: int = 0) -> tuple[Combo, ...]:
+    """``round(fraction * 120)`` combos held out for evaluation, deterministic in ``seed``.
+
+    Drawn in a seeded random order, a combo joins the held-out set only if all attribute pairs of the set stay
+    covered by the training combos (so every held-out caption is a new composition of seen pairs).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout_fraction: must be in [0, 1), got {fraction}")
+    combos = all_combos()
+    target = int(round(fraction * len(combos)))
+    order = np.random.default_rng([seed, 7919]).permutation(len(combos))
+    held: set[Combo] = set()
+    for i in order:
+        if len(held) == target:
+            break
+        if _pairs_covered(held | {combos[i]}):
+            held.add(combos[i])
+    if len(held) < target:
+        raise ValueError(f"holdout_fraction: {fraction} is too large to keep every attribute pair in training")
+    return tuple(c for c in combos if c in held)
+
+
+def split_combos(split: str, holdout_fraction: float = 0.2, holdout_seed: int = 0,
+                 holdout: tuple[str, ...] = ()) -> list[Combo]:
+    """Combos of ``split`` ("train", "heldout" or "all"); ``holdout`` (explicit list) overrides the fraction."""
+    held = {parse_combo(h) for h in holdout} if holdout else set(heldout_combos(holdout_fraction, holdout_seed))
+    if split == "all":
+        return all_combos()
+    if split == "train":
+        return [c for c in all_combos() if c not in held]
+    if split == "heldout":
+        if not held:
+            raise ValueError("split: 'heldout' needs holdout_fraction > 0 or an explicit holdout list")
+        return [c for c in all_combos() if c in held]
+    raise ValueError(f"split: must be 'train', 'heldout' or 'all', got {split!r}")
+
+
+def _shape_distance(shape: str, y: np.ndarray, x: np.ndarray, r: float) -> np.ndarray:
+    """Signed distance (pixels, negative inside) to ``shape`` of size ``r`` centred at the origin."""
+    ay, ax = np.abs(y), np.abs(x)
+    if shape == "circle":
+        return np.sqrt(y * y + x * x) - r
+    if shape == "square":
+        return np.maximum(ay, ax) - 0.85 * r
+    if shape == "diamond":
+        return (ay + ax - 1.2 * r) / np.sqrt(2.0)
+    if shape == "cross":
+        arm, half = 1.0 * r, 0.35 * r
+        return np.minimum(np.maximum(ay - arm, ax - half), np.maximum(ay - half, ax - arm))
+    if shape == "triangle":  # equilateral, apex up, circumradius 1.15 r (image y points down)
+        outer = 1.15 * r
+        normals = [(1.0, 0.0), (-0.5, np.sqrt(3) / 2), (-0.5, -np.sqrt(3) / 2)]  # (ny, nx): bottom, right, left
+        return np.max([ny * y + nx * x for ny, nx in normals], axis=0) - outer / 2
+    raise ValueError(f"shape: must be one of {SHAPES}, got {shape!r}")
+
+
+def _background(rng: np.random.Generator, kind: str, height: int, width: int) -> np.ndarray:
+    """Neutral gray float32 ``[H, W]`` background: flat, or three random low-frequency gratings."""
+    level = rng.uniform(50.0, 120.0)
+    if kind == "plain":
+        return np.full((height, width), level, np.float32)
+    if kind != "textured":
+        raise ValueError(f"background: must be one of {BACKGROUNDS}, got {kind!r}")
+    y = np.arange(height, dtype=np.float32)[:, None] / height
+    x = np.arange(width, dtype=np.float32)[None, :] / width
+    texture = np.zeros((height, width), np.float32)
+    for _ in range(3):
+        fy, fx = rng.uniform(-6.0, 6.0, size=2)
+        texture += np.sin(2 * np.pi * (fy * y + fx * x) + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+    return level + rng.uniform(10.0, 25.0) * texture / 3.0
+
+
+def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8, height: int = 64,
+                width: int | None = None, background: str = "plain", seed: int = 0,
+                return_centers: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """uint8 ``[num_frames, height, width, 3]`` clip of ``caption_for(colour, shape, direction)``.
+
+    Size (10-16 % of the shorter side), colour jitter (±12 per channel), path length (25-45 % of the frame along the
+    motion) and start position are drawn from ``seed``; the whole path stays inside the frame. Edges are
+    anti-aliased from the signed distance. ``return_centers`` also returns the ``[num_frames, 2]`` (y, x) centres.
+    """
+    width = width or height
+    if colour not in COLOURS or direction not in DIRECTIONS:
+        raise ValueError(f"colour/direction: need colour in {list(COLOURS)} and direction in {list(DIRECTIONS)}, "
+                         f"got {colour!r}, {direction!r}")
+    if num_frames < 1 or height < 8 or width < 8:
+        raise ValueError(f"num_frames/height/width: need >= 1 frame and >= 8 pixels, got {num_frames}, "
+                         f"{height}, {width}")
+    rng = np.random.default_rng([seed, 104729])
+    bg = _background(rng, background, height, width)
+    r = rng.uniform(0.10, 0.16) * min(height, width)
+    rgb = np.clip(np.asarray(COLOURS[colour], np.float32) + rng.uniform(-12, 12, size=3), 0, 255)
+    dy, dx = DIRECTIONS[direction]
+    along = height if dy else width
+    travel = rng.uniform(0.25, 0.45) * along
+    margin = 1.2 * r + 1.0
+    lo_y, hi_y = margin, height - margin
+    lo_x, hi_x = margin, width - margin
+    # Start so that start + travel * direction stays in [lo, hi] on the motion axis.
+    cy = rng.uniform(lo_y + max(0.0, -dy * travel), hi_y - max(0.0, dy * travel)) if dy else rng.uniform(lo_y, hi_y)
+    cx = rng.uniform(lo_x + max(0.0, -dx * travel), hi_x - max(0.0, dx * travel)) if dx else rng.uniform(lo_x, hi_x)
+    t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    centers = np.stack([cy + dy * travel * t, cx + dx * travel * t], axis=1)
+    yy = np.arange(height, dtype=np.float32)[None, :, None] + 0.5
+    xx = np.arange(width, dtype=np.float32)[None, None, :] + 0.5
+    dist = _shape_distance(shape, yy - centers[:, 0, None, None].astype(np.float32),
+                           xx - centers[:, 1, None, None].astype(np.float32), r)
+    alpha = np.clip(0.5 - dist, 0.0, 1.0)[..., None]
+    frames = bg[None, :, :, None] * (1.0 - alpha) + rgb * alpha
+    frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+    return (frames, centers) if return_centers else frames
+
+
+class ShapesSource(base.Source):
+    """Synthetic captioned clips: item ``i`` shows combo ``combos[i % len(combos)]`` of its split."""
+
+    kind = "shapes"
+
+    def __init__(self, name: str, sampling: transforms.Sampling, *, num_items: int = 10000, split: str = "train",
+                 holdout_fraction: float = 0.2, holdout_seed: int = 0, holdout: tuple[str, ...] = (),
+                 textured_prob: float = 0.5, seed: int = 0):
+        super().__init__(name, sampling)
+        if not isinstance(num_items, int) or num_items < 1:
+            raise ValueError(f"num_items: must be a positive int, got {num_items!r}")
+        if not 0.0 <= textured_prob <= 1.0:
+            raise ValueError(f"textured_prob: must be in [0, 1], got {textured_prob}")
+        self.num_items = num_items
+        self.combos = split_combos(split, holdout_fraction, holdout_seed, tuple(holdout))
+        self.textured_prob = textured_prob
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def item(self, index: int) -> tuple[Combo, str, int]:
+        """(combo, background, render seed) of item ``index``."""
+        rng = np.random.default_rng([self.seed, index])
+        background = "textured" if rng.random() < self.textured_prob else "plain"
+        return self.combos[index % len(self.combos)], background, int(rng.integers(0, 2**31 - 1))
+
+    def load_raw(self, index: int, rng: np.random.Generator | None, keyframes: int) -> base.Raw:
+        (colour, shape, direction), background, seed = self.item(index)
+        s = self.sampling
+        frames = render_clip(colour, shape, direction, num_frames=keyframes, height=s.height, width=s.width,
+                             background=background, seed=seed)
+        return base.Raw(frames, (caption_for(colour, shape, direction),), base.CLIP, f"shapes/{index}")
+
+    def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str]:
+        return self.augment(self.load_raw(index, None, self.sampling.num_frames),
+                            np.random.default_rng([self.seed, index, 1]))
+
+
+@functools.lru_cache(maxsize=None)
+def load_photo(name: str) -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]`` of a bundled ``skimage.data`` photo (grayscale replicated to RGB)."""
+    import skimage.data  # pylint: disable=import-outside-toplevel  (optional: the "test" extra)
+
+    if name not in PHOTOS:
+        raise ValueError(f"photos: {name!r} is not one of {list(PHOTOS)}")
+    image = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+
+
+@functools.lru_cache(maxsize=256)
+def _fitted_photo(name: str, height: int, width: int, max_zoom: float) -> np.ndarray:
+    return pseudo_video.fit_for_zoom(load_photo(name), (height, width), max_zoom)
+
+
+class PhotosSource(base.Source):
+    """Pseudo-videos of ``skimage.data`` photos: item ``i`` zooms/pans over photo ``photos[i % len(photos)]``."""
+
+    kind = "photos"
+
+    def __init__(self, name: str, sampling: transforms.Sampling, *, num_items: int = 1000,
+                 photos: tuple[str, ...] = tuple(PHOTOS), seed: int = 0,
+                 zoom_range: tuple[float, float] = pseudo_video.ZoomPan.zoom_range,
+                 pan_range: tuple[float, float] = pseudo_video.ZoomPan.pan_range):
+        super().__init__(name, sampling, zoom_pan=pseudo_video.ZoomPan(tuple(zoom_range), tuple(pan_range)))
+        if not isinstance(num_items, int) or num_items < 1:
+            raise ValueError(f"num_items: must be a positive int, got {num_items!r}")
+        unknown = [p for p in photos if p not in PHOTOS]
+        if not photos or unknown:
+            raise ValueError(f"photos: need a non-empty subset of {list(PHOTOS)}, got unknown {unknown}")
+        self.num_items = num_items
+        self.photos = tuple(photos)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def load_raw(self, index: int, rng: np.random.Generator | None, keyframes: int) -> base.Raw:
+        name = self.photos[index % len(self.photos)]
+        s = self.sampling
+        image = _fitted_photo(name, s.height, s.width, self.zoom_pan.zoom_range[1])
+        return base.Raw(image[None], (PHOTOS[name],), base.IMAGE, f"photos/{name}")
+
+    def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str]:
+        return self.augment(self.load_raw(index, None, self.sampling.num_frames),
+                            np.random.default_rng([self.seed, index]))

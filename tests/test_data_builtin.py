@@ -1,0 +1,110 @@
+"""Built-in offline dataset: renderer, vocabulary, held-out combinations, determinism."""
+import numpy as np
+import pytest
+
+from data_pipelines import builtin, transforms
+
+
+def _mask(frames: np.ndarray, colour: str) -> np.ndarray:
+    """Pixels close to the colour (backgrounds are neutral gray, so this isolates the shape)."""
+    rgb = np.asarray(builtin.COLOURS[colour], np.int32)
+    return np.abs(frames.astype(np.int32) - rgb).max(axis=-1) < 30
+
+
+@pytest.mark.parametrize("direction", list(builtin.DIRECTIONS))
+@pytest.mark.parametrize("background", builtin.BACKGROUNDS)
+def test_render_clip_moves_in_the_stated_direction(direction, background):
+    frames, centres = builtin.render_clip("red", "circle", direction, num_frames=6, height=48, width=64,
+                                          background=background, seed=3, return_centers=True)
+    assert frames.shape == (6, 48, 64, 3) and frames.dtype == np.uint8
+    dy, dx = builtin.DIRECTIONS[direction]
+    measured = []
+    for f in frames:
+        ys, xs = np.nonzero(_mask(f, "red"))
+        assert len(ys) > 20
+        measured.append((ys.mean() + 0.5, xs.mean() + 0.5))
+    measured = np.array(measured)
+    np.testing.assert_allclose(measured, centres, atol=1.0)
+    motion = measured[-1] - measured[0]
+    assert motion[0] * dy > 5 or motion[1] * dx > 5
+    assert abs(motion[0] if dx else motion[1]) < 1.0  # no drift across the motion axis
+
+
+def test_render_clip_shapes_colours_and_determinism():
+    areas = {}
+    for shape in builtin.SHAPES:
+        a = builtin.render_clip("blue", shape, "up", num_frames=3, height=40, seed=1)
+        np.testing.assert_array_equal(a, builtin.render_clip("blue", shape, "up", num_frames=3, height=40, seed=1))
+        areas[shape] = int(_mask(a[0], "blue").sum())
+    assert len(set(areas.values())) == len(builtin.SHAPES)  # shapes differ
+    assert min(areas.values()) > 30
+    for colour in builtin.COLOURS:
+        frame = builtin.render_clip(colour, "square", "left", num_frames=1, height=32, seed=0)[0]
+        assert _mask(frame, colour).sum() > 10
+    other = builtin.render_clip("blue", "circle", "up", num_frames=3, height=40, seed=2)
+    assert not np.array_equal(other, builtin.render_clip("blue", "circle", "up", num_frames=3, height=40, seed=1))
+    with pytest.raises(ValueError, match="shape"):
+        builtin.render_clip("blue", "hexagon", "up")
+    with pytest.raises(ValueError, match="colour"):
+        builtin.render_clip("teal", "circle", "up")
+
+
+def test_captions_and_vocabulary():
+    assert builtin.caption_for("red", "circle", "left") == "a red circle moving left"
+    assert builtin.caption_for("orange", "cross", "up") == "an orange cross moving up"
+    assert builtin.parse_combo("an orange cross moving up") == ("orange", "cross", "up")
+    assert len(builtin.all_combos()) == len(builtin.COLOURS) * len(builtin.SHAPES) * len(builtin.DIRECTIONS)
+    with pytest.raises(ValueError, match="holdout"):
+        builtin.parse_combo("red blob left")
+
+
+def test_heldout_combos_are_novel_compositions_of_seen_pairs():
+    held = builtin.heldout_combos(0.2, seed=0)
+    assert len(held) == 24 and held == builtin.heldout_combos(0.2, seed=0)
+    assert held != builtin.heldout_combos(0.2, seed=1)
+    train = builtin.split_combos("train", 0.2, 0)
+    assert set(train).isdisjoint(held) and len(train) + len(held) == 120
+    assert builtin.split_combos("heldout", 0.2, 0) == list(held)
+    seen_pairs = {(c[i], c[j]) for c in train for i, j in ((0, 1), (0, 2), (1, 2))}
+    for c in held:
+        assert {(c[0], c[1]), (c[0], c[2]), (c[1], c[2])} <= seen_pairs
+    explicit = builtin.split_combos("heldout", holdout=("red circle left", "blue square up"))
+    assert explicit == [("red", "circle", "left"), ("blue", "square", "up")]
+    with pytest.raises(ValueError, match="split"):
+        builtin.split_combos("test")
+
+
+def test_shapes_source_split_determinism_and_any_size():
+    sampling = transforms.Sampling(num_frames=3, stride=4, height=24, width=40)
+    train = builtin.ShapesSource("shapes", sampling, num_items=200, split="train", seed=5)
+    held = builtin.ShapesSource("shapes_heldout", sampling, num_items=50, split="heldout", seed=5)
+    heldout_captions = {builtin.caption_for(*c) for c in builtin.heldout_combos(0.2, 0)}
+    train_captions = set()
+    for i in range(200):
+        frames, caption = train.load(i, None)
+        train_captions.add(caption)
+    assert frames.shape == (3, 24, 40, 3)
+    assert train_captions.isdisjoint(heldout_captions) and len(train_captions) == 96
+    assert {held.load(i, None)[1] for i in range(50)} <= heldout_captions
+    again = builtin.ShapesSource("shapes", sampling, num_items=200, split="train", seed=5)
+    for i in (0, 17, 199):
+        np.testing.assert_array_equal(train.load(i, None)[0], again.load(i, None)[0])
+    reseeded = builtin.ShapesSource("shapes", sampling, num_items=200, split="train", seed=6)
+    assert not np.array_equal(train.load(0, None)[0], reseeded.load(0, None)[0])
+
+
+def test_photos_source_pseudo_videos():
+    sampling = transforms.Sampling(num_frames=4, stride=4, height=32, width=32)
+    photos = builtin.PhotosSource("photos", sampling, num_items=28, seed=0)
+    captions = set()
+    for i in range(len(builtin.PHOTOS)):
+        frames, caption = photos.load(i, None)
+        assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
+        captions.add(caption)
+    assert captions == set(builtin.PHOTOS.values())
+    np.testing.assert_array_equal(photos.load(3, None)[0], photos.load(3, None)[0])
+    assert not np.array_equal(photos.load(3, None)[0], photos.load(3 + len(builtin.PHOTOS), None)[0])
+    cat = builtin.PhotosSource("cat", sampling, photos=("chelsea",))
+    assert cat.load(0, None)[1] == "a photo of a cat"
+    with pytest.raises(ValueError, match="photos"):
+        builtin.PhotosSource("x", sampling, photos=("dog",))

@@ -1,0 +1,347 @@
+"""UNet3D (paper §4.1): 2D parity with diffusers, identity of fresh temporal layers, frame mixing, the temporal
+layers against a PyTorch re-statement of the official release, the SD-2.1 parameter tree, bf16 and config checks."""
+import functools
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax.linen import meta
+
+import torch_reference
+from vidrd_jax.convert import naming
+from vidrd_jax.models.temporal_layers import TemporalConv, frame_position_embedding
+from vidrd_jax.models.unet3d import BasicTransformerBlock, UNet3D, UNet3DConfig
+
+B, F, S, L = 2, 3, 8, 5  # batch, frames, latent size, text length
+KEY_TABLE = "/work/shared/reference/vidrd_unet3d_keys.tsv"
+
+DIFFUSERS_TINY = dict(
+    sample_size=S, in_channels=4, out_channels=4, block_out_channels=[32, 64], layers_per_block=1,
+    down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    attention_head_dim=2, cross_attention_dim=32, norm_num_groups=8, use_linear_projection=True)
+
+SD21_UNET_CONFIG = {  # SD-2.1(-base) unet/config.json (architecture fields)
+    "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20],
+    "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 1024,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1,
+    "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
+    "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+    "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4, "sample_size": 96,
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "upcast_attention": True,
+    "use_linear_projection": True}
+
+
+def _randomize(tree, seed, scale=0.05, where=lambda path: True):
+    """Replaces the leaves selected by ``where(torch_key)`` with N(0, scale²) (norm scales: 1 + N(0, scale²))."""
+    flat = naming.flatten_params(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
+    out = {}
+    for key, (path, leaf) in zip(keys, flat.items()):
+        if not where(naming.flax_path_to_torch_key(path)):
+            out[path] = leaf
+            continue
+        noise = scale * jax.random.normal(key, leaf.shape, jnp.float32)
+        out[path] = (1.0 + noise) if path[-1] == "scale" else noise
+    return naming.unflatten_params(out)
+
+
+# Unoptimised CPU code generation halves compile time; these tiny models run in milliseconds either way.
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _is_temporal(torch_key):
+    return "temp_" in torch_key
+
+
+def _torch_sd(params):
+    return {k: torch.from_numpy(np.array(v, np.float32)) for k, v in naming.params_to_state_dict(params).items()}
+
+
+# --- shared tiny models ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inputs():
+    rs = np.random.RandomState(0)
+    x = rs.randn(B, F, S, S, 4).astype(np.float32)
+    t = np.array([17, 700], np.int32)
+    ctx = rs.randn(B, L, 32).astype(np.float32)
+    return x, t, ctx
+
+
+@pytest.fixture(scope="module")
+def diffusers_unet():
+    from diffusers import UNet2DConditionModel
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**DIFFUSERS_TINY).eval()
+    with torch.no_grad():  # re-randomise everything (zero-initialised conv_out/to_out included)
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.05 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    return model
+
+
+@pytest.fixture(scope="module")
+def cfg2d():
+    return UNet3DConfig.from_diffusers(DIFFUSERS_TINY, use_temporal=False, groupnorm_scope="frame")
+
+
+@pytest.fixture(scope="module")
+def params2d(diffusers_unet, cfg2d, inputs):
+    shapes = meta.unbox(jax.eval_shape(UNet3D(cfg2d).init, jax.random.PRNGKey(0), *inputs)["params"])
+    params, _ = naming.state_dict_to_params(diffusers_unet.state_dict(), shapes, what="tiny unet")
+    return params
+
+
+@pytest.fixture(scope="module")
+def apply2d(cfg2d):
+    return _jit(UNet3D(cfg2d).apply)
+
+
+@pytest.fixture(scope="module")
+def fresh3d_params(diffusers_unet, inputs):
+    """SD weights from the diffusers model + freshly initialised temporal layers (as ``from_pretrained_2d``)."""
+    model = UNet3D(UNet3DConfig.tiny(groupnorm_scope="frame", temporal_position_embedding="attention"))
+    # An "rbg" key makes the jitted init compile ~3x faster on CPU than threefry.
+    init = meta.unbox(_jit(model.init)(jax.random.key(1, impl="unsafe_rbg"), *inputs)["params"])
+    params, unfilled = naming.state_dict_to_params(diffusers_unet.state_dict(), init,
+                                                   allow_missing=_is_temporal, what="tiny unet3d")
+    flat = naming.flatten_params(params)
+    flat_init = naming.flatten_params(init)
+    assert unfilled and all("temp_" in "/".join(p) for p in unfilled)
+    flat.update({p: flat_init[p] for p in unfilled})
+    return naming.unflatten_params(flat)
+
+
+@pytest.fixture(scope="module")
+def apply3d_frame():
+    cfg = UNet3DConfig.tiny(groupnorm_scope="frame", temporal_position_embedding="attention")
+    return _jit(UNet3D(cfg).apply)
+
+
+def _run(apply, params, x, t, ctx):
+    return np.asarray(apply({"params": params}, x, t, ctx))
+
+
+def _random_params(module, *args, seed=0, scale=0.3):
+    """Random parameters for ``module`` from its abstract init (no init compile)."""
+    return _randomize(meta.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)["params"]), seed, scale)
+
+
+# --- 2D parity ---------------------------------------------------------------------------------------------------
+def test_2d_path_matches_diffusers(diffusers_unet, params2d, apply2d, inputs):
+    x, t, ctx = inputs
+    ours = _run(apply2d, params2d, x, t, ctx)
+    with torch.no_grad():
+        ref = diffusers_unet(torch.from_numpy(x.reshape(B * F, S, S, 4).transpose(0, 3, 1, 2)),
+                             torch.from_numpy(np.repeat(t, F)).long(),
+                             torch.from_numpy(np.repeat(ctx, F, axis=0))).sample.numpy()
+    ref = ref.transpose(0, 2, 3, 1).reshape(B, F, S, S, 4)
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+# --- fresh temporal layers are the identity ----------------------------------------------------------------------
+def test_fresh_temporal_frame_scope_equals_2d_per_frame(fresh3d_params, params2d, apply2d, apply3d_frame, inputs):
+    x, t, ctx = inputs  # different frames
+    ours = _run(apply3d_frame, fresh3d_params, x, t, ctx)
+    np.testing.assert_allclose(ours, _run(apply2d, params2d, x, t, ctx), atol=1e-5, rtol=0)
+
+
+def test_fresh_temporal_clip_scope_equals_2d_on_identical_frames(fresh3d_params, params2d, apply2d, inputs):
+    x, t, ctx = inputs
+    cfg = UNet3DConfig.tiny(groupnorm_scope="clip", temporal_position_embedding="attention")
+    apply_clip = _jit(UNet3D(cfg).apply)
+    same = np.repeat(x[:, :1], F, axis=1)
+    np.testing.assert_allclose(_run(apply_clip, fresh3d_params, same, t, ctx),
+                               _run(apply2d, params2d, same, t, ctx), atol=1e-5, rtol=0)
+    # Clip-pooled GroupNorm statistics couple the frames even before any temporal training.
+    changed = same.copy()
+    changed[:, 0] += 1.0
+    out_same, out_changed = (_run(apply_clip, fresh3d_params, v, t, ctx) for v in (same, changed))
+    assert np.abs(out_changed[:, 1:] - out_same[:, 1:]).max() > 1e-3
+
+
+# --- temporal layers mix frames ----------------------------------------------------------------------------------
+def test_trained_temporal_layers_mix_frames_and_2d_does_not(fresh3d_params, params2d, apply2d, apply3d_frame,
+                                                            inputs):
+    x, t, ctx = inputs
+    trained = _randomize(fresh3d_params, seed=3, where=_is_temporal)
+    changed = x.copy()
+    changed[:, 0] += 1.0
+    out, out_changed = (_run(apply3d_frame, trained, v, t, ctx) for v in (x, changed))
+    assert np.abs(out_changed[:, 1:] - out[:, 1:]).max() > 1e-3
+    out2d, out2d_changed = (_run(apply2d, params2d, v, t, ctx) for v in (x, changed))
+    assert np.abs(out2d_changed[:, 0] - out2d[:, 0]).max() > 1e-3
+    np.testing.assert_array_equal(out2d_changed[:, 1:], out2d[:, 1:])
+
+
+def test_remat_and_bf16_match_fp32(fresh3d_params, apply3d_frame, inputs):
+    x, t, ctx = inputs
+    trained = _randomize(fresh3d_params, seed=4, where=_is_temporal)
+    ref = _run(apply3d_frame, trained, x, t, ctx)
+    cfg = UNet3DConfig.tiny(groupnorm_scope="frame", temporal_position_embedding="attention",
+                            remat_policy="dots_saveable", dtype="bfloat16")
+    model = UNet3D(cfg)
+    out = _run(_jit(model.apply), trained, x, t, ctx)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert np.abs(out - ref).max() <= 5e-2 * np.abs(ref).max()
+    jaxpr = str(jax.make_jaxpr(lambda p: model.apply({"params": p}, x, t, ctx))(trained))
+    assert "remat" in jaxpr  # nn.remat wraps every down/mid/up block
+
+
+# --- temporal layers vs the PyTorch re-statement of the official code --------------------------------------------
+@pytest.mark.parametrize("num_layers,frames", [(4, 3), (3, 4), (4, 1)])
+def test_temporal_conv_matches_torch_reference(num_layers, frames):
+    x = np.random.RandomState(1).randn(2, frames, 3, 5, 16).astype(np.float32)
+    module = TemporalConv(num_layers=num_layers, num_groups=4, groupnorm_scope="clip")
+    params = _random_params(module, x, seed=2, scale=0.2)
+    ours = np.asarray(_jit(module.apply)({"params": params}, x))
+    with torch.no_grad():
+        ref = torch_reference.temporal_conv(_torch_sd(params), "", torch.from_numpy(x.transpose(0, 4, 1, 2, 3)),
+                                            num_layers, num_groups=4).numpy().transpose(0, 2, 3, 4, 1)
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+    if frames == 1:
+        np.testing.assert_array_equal(ours, x)
+    else:
+        assert np.abs(ours - x).max() > 1e-2
+
+
+def test_temporal_conv_fresh_is_identity_and_dropout_is_stochastic():
+    x = np.random.RandomState(2).randn(1, 4, 2, 2, 16).astype(np.float32)
+    module = TemporalConv(num_layers=4, num_groups=4)
+    variables = _jit(module.init)(jax.random.PRNGKey(0), x)
+    apply = _jit(module.apply, static_argnames="deterministic")
+    np.testing.assert_array_equal(np.asarray(apply(variables, x)), x)
+    params = {"params": _randomize(meta.unbox(variables["params"]), seed=1, scale=0.2)}
+    a, b, c = (np.asarray(apply(params, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(k)}))
+               for k in (0, 1, 0))
+    assert np.abs(a - b).max() > 1e-4
+    np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("frames,position_embedding", [(3, "residual"), (1, "residual"), (3, "none")])
+def test_transformer_block_matches_torch_reference(frames, position_embedding):
+    heads, channels, tokens = 2, 16, 6
+    rs = np.random.RandomState(3)
+    h = rs.randn(2, frames, tokens, channels).astype(np.float32)
+    ctx = rs.randn(2, 4, 8).astype(np.float32)
+    block = BasicTransformerBlock(heads, temporal_position_embedding=position_embedding)
+    params = _random_params(block, h, ctx, seed=5)
+    ours = np.asarray(_jit(block.apply)({"params": params}, h, ctx))
+    with torch.no_grad():
+        ref = torch_reference.basic_transformer_block(
+            _torch_sd(params), "", torch.from_numpy(h.reshape(-1, tokens, channels)), torch.from_numpy(ctx),
+            frames, heads, add_temp_embed=position_embedding == "residual").numpy()
+    np.testing.assert_allclose(ours, ref.reshape(h.shape), atol=2e-5, rtol=0)
+
+
+def test_official_position_embedding_quirks():
+    """Residual PE: a fresh block is not the identity, and a single frame still gets pe[0] = (0, 1, 0, 1, ...)."""
+    pe = np.asarray(frame_position_embedding(3, 8))
+    np.testing.assert_allclose(pe[0], [0, 1] * 4)
+    np.testing.assert_allclose(pe[2, :2], [np.sin(2.0), np.cos(2.0)], rtol=1e-6)
+    np.testing.assert_allclose(pe, torch_reference.frame_position_embedding(8, 3).numpy(), atol=1e-6)
+    rs = np.random.RandomState(4)
+    h, ctx = rs.randn(1, 1, 4, 8).astype(np.float32), rs.randn(1, 2, 8).astype(np.float32)
+    blocks = {mode: BasicTransformerBlock(2, temporal_position_embedding=mode) for mode in ("residual", "attention")}
+    variables = _jit(blocks["residual"].init)(jax.random.PRNGKey(0), h, ctx)
+    zero_pe = np.asarray(_jit(blocks["attention"].apply)(variables, h, ctx))
+    residual = np.asarray(_jit(blocks["residual"].apply)(variables, h, ctx))
+    assert np.abs(residual - zero_pe).max() > 1e-3
+    spatial_only = BasicTransformerBlock(2, use_temporal=False)
+    spatial_params = {k: v for k, v in variables["params"].items() if not k.startswith("temp_")}
+    np.testing.assert_allclose(zero_pe, np.asarray(_jit(spatial_only.apply)({"params": spatial_params}, h, ctx)),
+                               atol=1e-6)
+
+
+def test_dot_product_attention_impl_matches_plain():
+    rs = np.random.RandomState(5)
+    h, ctx = rs.randn(2, 3, 6, 16).astype(np.float32), rs.randn(2, 4, 8).astype(np.float32)
+    plain = BasicTransformerBlock(2)
+    params = {"params": _random_params(plain, h, ctx, seed=6)}
+    fused = BasicTransformerBlock(2, attention_impl="dot_product")
+    np.testing.assert_allclose(np.asarray(_jit(fused.apply)(params, h, ctx)),
+                               np.asarray(_jit(plain.apply)(params, h, ctx)), atol=1e-5, rtol=0)
+
+
+# --- the SD-2.1 parameter tree -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sd21_boxed():
+    model = UNet3D(UNet3DConfig.sd21())
+    args = (jax.ShapeDtypeStruct((1, 2, 8, 8, 4), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32),
+            jax.ShapeDtypeStruct((1, 77, 1024), jnp.float32))
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)["params"]
+
+
+def test_sd21_keys_and_shapes_match_official_release(sd21_boxed):
+    ours = {naming.flax_path_to_torch_key(path): naming.flax_to_torch_array(path[-1], np.empty(leaf.shape, np.int8))
+            .shape for path, leaf in naming.flatten_params(meta.unbox(sd21_boxed)).items()}
+    rows = [line.split("\t") for line in open(KEY_TABLE).read().splitlines()[1:]]
+    official = {key: tuple(int(d) for d in shape.split("x")) for key, shape, _ in rows}
+    assert len(rows) == 1150
+    assert sorted(set(official) - set(ours)) == [] and sorted(set(ours) - set(official)) == []
+    assert {k: s for k, s in ours.items() if official[k] != s} == {}
+    totals = {"2d": 0, "conv": 0, "attn": 0}
+    for key, shape in ours.items():
+        group = "2d" if "temp_" not in key else ("conv" if "temp_convs" in key else "attn")
+        totals[group] += int(np.prod(shape))
+    assert totals == {"2d": 865_910_724, "conv": 266_891_520, "attn": 49_599_040}
+
+
+def test_sd21_logical_axis_names(sd21_boxed):
+    specs = naming.flatten_params(nn.get_partition_spec(sd21_boxed))
+    block = ("down_blocks_0", "attentions_0", "transformer_blocks_0")
+    assert tuple(specs[block + ("temp_attn", "to_q", "kernel")]) == ("embed", "heads")
+    assert tuple(specs[block + ("temp_attn", "to_out_0", "kernel")]) == ("heads", "embed")
+    assert tuple(specs[block + ("ff", "net_0", "proj", "kernel")]) == ("embed", "mlp")
+    assert tuple(specs[("down_blocks_0", "temp_convs_0", "convs_3", "kernel")]) == (
+        "conv_t", "conv_h", "conv_w", "conv_in", "conv_out")
+    assert tuple(specs[("conv_in", "kernel")]) == ("conv_h", "conv_w", "conv_in", "conv_out")
+    assert tuple(specs[("mid_block", "temp_convs_1", "convs_0", "scale")]) == ("norm",)
+
+
+# --- configuration -----------------------------------------------------------------------------------------------
+def test_config_from_diffusers_sd21_and_round_trip():
+    cfg = UNet3DConfig.from_diffusers(SD21_UNET_CONFIG)
+    assert cfg == UNet3DConfig.sd21()
+    assert cfg.num_attention_heads == (5, 10, 20, 20)
+    assert UNet3DConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    explicit = dict(SD21_UNET_CONFIG, attention_head_dim=64, num_attention_heads=[5, 10, 20, 20])
+    assert UNet3DConfig.from_diffusers(explicit, use_temporal=False) == UNet3DConfig.sd21(use_temporal=False)
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (dict(groupnorm_scope="video"), "groupnorm_scope"),
+    (dict(num_attention_heads=(3, 2)), "num_attention_heads"),
+    (dict(block_out_channels=(32, 60)), "block_out_channels"),
+    (dict(down_block_types=("CrossAttnDownBlock3D",)), "down_block_types"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(remat_policy="sometimes"), "remat_policy"),
+    (dict(temporal_position_embedding="learned"), "temporal_position_embedding"),
+    (dict(dropout=1.5), "dropout"),
+    (dict(temporal_conv_layers=0), "temporal_conv_layers"),
+])
+def test_config_validation_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=f"UNet3DConfig.{field}"):
+        UNet3DConfig.tiny(**overrides)
+
+
+def test_config_rejects_unsupported_diffusers_fields():
+    with pytest.raises(ValueError, match="class_embed_type"):
+        UNet3DConfig.from_diffusers(dict(SD21_UNET_CONFIG, class_embed_type="timestep"))
+    with pytest.raises(ValueError, match="transformer_layers_per_block"):
+        UNet3DConfig.from_diffusers(dict(SD21_UNET_CONFIG, transformer_layers_per_block=2))
+    with pytest.raises(ValueError, match="unknown field"):
+        UNet3DConfig.from_dict({"channels": 3})
+
+
+def test_bad_inputs_name_the_argument(params2d, cfg2d, inputs):
+    x, t, ctx = inputs
+    model = UNet3D(cfg2d)
+    with pytest.raises(ValueError, match="sample"):
+        model.apply({"params": params2d}, x[0], t, ctx)
+    with pytest.raises(ValueError, match="timesteps"):
+        model.apply({"params": params2d}, x, t[:1], ctx)
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        model.apply({"params": params2d}, x, t, ctx[..., :8])

@@ -1,0 +1,199 @@
+"""Temporal co-denoising over overlapping windows (Gen-L-Video; paper 000 §3.4, eq. 18-19).
+
+A video of ``L = K + n·S`` latent frames is covered by ``W = n + 1`` windows ``[i·S, i·S + K)`` (eq. 18). At every
+DDIM step each window gets its own (guided) noise prediction and DDIM update, and each frame's ``x_{t-1}`` is the
+minimiser of eq. 19, i.e. the weighted mean over the windows that contain it:
+``x_{t-1}[j] = sum_i w_i[j - i·S] · x^i_{t-1}[j - i·S] / sum_i w_i[j - i·S]``. With ``eta > 0`` every window slices
+the same per-frame noise, so averaging keeps the DDIM variance.
+
+Window weights over the K frames of a window (``k = 0..K-1``, centre ``c = (K-1)/2``):
+
+- ``"uniform"``: 1 (Gen-L-Video's released code).
+- ``"pyramid"``: ``1 - |k - c| / ((K + 1) / 2)``: triangular, peak at the centre, > 0 at the edges.
+- ``"gaussian"``: ``exp(-(k - c)^2 / (2 (gaussian_sigma · K)^2))``.
+
+Per-window prompts: prompt p of P is anchored at window ``round_half_up(p · (W-1) / (P-1))`` (P = 1: all windows
+take prompt 0); a window takes the prompt whose anchor is nearest, ties going to the lower prompt index. P <= W.
+
+Windows run under ``vmap``, ``window_chunk_size`` of them at a time (``lax.map`` over chunks bounds memory); the
+whole sampling loop is one ``lax.scan`` inside ``jit``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, ddim_step, draw_noise
+from vidrd_jax.diffusion.schedule import (DDIMConfig, NoiseSchedule, check_guidance_fields, check_int, ddim_tables,
+                                          normalize_prompts)
+
+WINDOW_WEIGHTINGS = ("uniform", "pyramid", "gaussian")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoDenoiseConfig:
+    """Co-denoising settings; ``num_frames`` L must be ``window_size + n · stride``."""
+
+    prompts: tuple[str, ...]
+    num_frames: int = 16  # L
+    window_size: int = 8  # K
+    stride: int = 4  # S of eq. 18
+    weighting: str = "uniform"
+    gaussian_sigma: float = 0.25  # std of the "gaussian" weights, as a fraction of window_size
+    window_chunk_size: int | None = None  # windows per vmap call (None: all at once)
+    num_steps: int = 50
+    eta: float = 0.0
+    guidance_scale: float = 10.0
+    negative_prompt: str = "watermark"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", normalize_prompts(self.prompts))
+        check_int("window_size", self.window_size, 1)
+        check_int("stride", self.stride, 1, self.window_size)
+        check_int("num_frames", self.num_frames, 1)
+        k, s, length = self.window_size, self.stride, self.num_frames
+        if length < k or (length - k) % s:
+            below = k + max(0, (length - k) // s) * s
+            above = below + s if length > k else k + s
+            raise ValueError(f"num_frames L={length} is not window_size K={k} + n · stride S={s}; the nearest valid "
+                             f"lengths are {below} and {above}")
+        if len(self.prompts) > self.num_windows:
+            raise ValueError(f"prompts has {len(self.prompts)} entries but there are only {self.num_windows} windows")
+        if self.weighting not in WINDOW_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WINDOW_WEIGHTINGS}, got {self.weighting!r}")
+        if not isinstance(self.gaussian_sigma, (int, float)) or not 0 < self.gaussian_sigma < math.inf:
+            raise ValueError(f"gaussian_sigma must be a finite float > 0, got {self.gaussian_sigma!r}")
+        if self.window_chunk_size is not None:
+            check_int("window_chunk_size", self.window_chunk_size, 1)
+        DDIMConfig(self.num_steps, self.eta)
+        check_guidance_fields(self.guidance_scale, self.negative_prompt)
+
+    @property
+    def ddim(self) -> DDIMConfig:
+        return DDIMConfig(self.num_steps, self.eta)
+
+    @property
+    def num_windows(self) -> int:
+        return (self.num_frames - self.window_size) // self.stride + 1
+
+    def window_weights(self) -> np.ndarray:
+        """float64 [K]: the weight of each frame inside a window."""
+        k = np.arange(self.window_size, dtype=np.float64)
+        centre = (self.window_size - 1) / 2
+        if self.weighting == "uniform":
+            return np.ones_like(k)
+        if self.weighting == "pyramid":
+            return 1.0 - np.abs(k - centre) / ((self.window_size + 1) / 2)
+        return np.exp(-((k - centre) ** 2) / (2 * (self.gaussian_sigma * self.window_size) ** 2))
+
+    def window_prompts(self) -> tuple[int, ...]:
+        """Prompt index of each window (module docstring rule)."""
+        num_prompts, num_windows = len(self.prompts), self.num_windows
+        if num_prompts == 1:
+            return (0,) * num_windows
+        anchors = np.floor(np.arange(num_prompts) * (num_windows - 1) / (num_prompts - 1) + 0.5)
+        distances = np.abs(np.arange(num_windows)[:, None] - anchors[None, :])
+        return tuple(int(p) for p in np.argmin(distances, axis=1))  # argmin: first minimum = lower index on ties
+
+
+@dataclasses.dataclass(frozen=True)
+class _WindowPlan:
+    """Static per-window tables, padded to a multiple of the chunk size (padding windows have weight 0)."""
+
+    ddim: DDIMConfig
+    window_size: int
+    chunk_size: int
+    starts: tuple[int, ...]  # [Wp]
+    prompts: tuple[int, ...]  # [Wp]
+    weights: tuple[tuple[float, ...], ...]  # [Wp][K], normalised so every frame's weights sum to 1
+
+    @classmethod
+    def from_config(cls, config: CoDenoiseConfig) -> "_WindowPlan":
+        num_windows, k = config.num_windows, config.window_size
+        chunk = min(config.window_chunk_size or num_windows, num_windows)
+        padded = -(-num_windows // chunk) * chunk
+        starts = np.arange(num_windows) * config.stride
+        frame_index = starts[:, None] + np.arange(k)[None, :]
+        weights = np.broadcast_to(config.window_weights(), (num_windows, k))
+        totals = np.zeros(config.num_frames)
+        np.add.at(totals, frame_index, weights)
+        weights = weights / totals[frame_index]
+        pad = padded - num_windows
+        starts = np.concatenate([starts, np.full(pad, starts[-1])])
+        prompts = np.concatenate([np.asarray(config.window_prompts()), np.zeros(pad, np.int64)])
+        weights = np.concatenate([weights, np.zeros((pad, k))])
+        return cls(config.ddim, k, chunk, tuple(int(s) for s in starts), tuple(int(p) for p in prompts),
+                   tuple(tuple(float(w) for w in row) for row in weights))
+
+
+@functools.partial(jax.jit, static_argnames=("eps_fn", "schedule", "plan"))
+def _co_denoise(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _WindowPlan, conds: Any,
+                shared_cond: Mapping[str, Any] | None, latents: jax.Array, step_noise: jax.Array | None) -> jax.Array:
+    k, chunk = plan.window_size, plan.chunk_size
+    starts = np.asarray(plan.starts, np.int32)
+    num_chunks = len(starts) // chunk
+    frame_index = (starts[:, None] + np.arange(k)[None, :]).reshape(-1)  # [Wp·K]
+    weights = jnp.asarray(np.asarray(plan.weights, np.float32))[None, :, :, None, None, None]  # [1, Wp, K, 1, 1, 1]
+    tables = ddim_tables(schedule, plan.ddim.num_steps)
+
+    def body(x, xs):
+        t, alpha, alpha_prev, noise = xs
+
+        def window_step(start, prompt):
+            z = jax.lax.dynamic_slice_in_dim(x, start, k, axis=1)
+            cond = jax.tree.map(lambda c: c[prompt], conds)
+            if shared_cond is not None:
+                cond = {**shared_cond, **cond}
+            window_noise = None if noise is None else jax.lax.dynamic_slice_in_dim(noise, start, k, axis=1)
+            z_prev, _ = ddim_step(z, eps_fn(z, t, cond), alpha, alpha_prev,
+                                  prediction_type=schedule.prediction_type, eta=plan.ddim.eta, noise=window_noise)
+            return z_prev
+
+        per_chunk = (starts.reshape(num_chunks, chunk), np.asarray(plan.prompts, np.int32).reshape(num_chunks, chunk))
+        windows = jax.lax.map(lambda args: jax.vmap(window_step)(*args), per_chunk)  # [chunks, chunk, B, K, h, w, C]
+        windows = jnp.moveaxis(windows.reshape((-1,) + windows.shape[2:]), 0, 1)  # [B, Wp, K, h, w, C]
+        contributions = (windows * weights).reshape((x.shape[0], -1) + x.shape[2:])
+        return jnp.zeros_like(x).at[:, frame_index].add(contributions.astype(x.dtype)), None
+
+    xs = (jnp.asarray(tables.timesteps), jnp.asarray(tables.alphas), jnp.asarray(tables.alphas_prev), step_noise)
+    latents, _ = jax.lax.scan(body, latents, xs)
+    return latents
+
+
+def co_denoise_sample(eps_fn: EpsFn, schedule: NoiseSchedule, config: CoDenoiseConfig, conds: Sequence[Any], *,
+                      shared_cond: Mapping[str, Any] | None = None, latents: jax.Array | None = None,
+                      step_noise: jax.Array | None = None,
+                      key: jax.Array | None = None, batch_and_latent_shape: Sequence[int] | None = None) -> jax.Array:
+    """Samples an L-frame video by co-denoising K-frame windows; returns latents [B, L, h, w, C].
+
+    ``conds[p]`` is the denoiser cond of ``config.prompts[p]`` (all with the same structure and shapes; they are
+    stacked and gathered per window). Entries common to all prompts (model params, the negative embedding) go in
+    ``shared_cond`` instead, which is passed unstacked; windows see ``{**shared_cond, **conds[p]}``. Randomness:
+    ``latents`` [B, L, h, w, C] (x_T) and, iff eta > 0, ``step_noise`` [S, B, L, h, w, C]; or ``key`` with
+    ``batch_and_latent_shape`` = (B, h, w, C).
+    """
+    conds = list(conds)
+    if len(conds) != len(config.prompts):
+        raise ValueError(f"conds has {len(conds)} entries but config.prompts has {len(config.prompts)}")
+    if latents is None:
+        if key is None or batch_and_latent_shape is None:
+            raise ValueError("co_denoise_sample: give latents (and step_noise if eta > 0), or key and "
+                             "batch_and_latent_shape")
+        b, h, w, c = (int(d) for d in batch_and_latent_shape)
+        latents, step_noise = draw_noise(key, (b, config.num_frames, h, w, c), config.ddim)
+    elif step_noise is None and config.eta > 0:
+        if key is None:
+            raise ValueError(f"co_denoise_sample: eta={config.eta} > 0 needs step_noise or a key")
+        step_noise = draw_noise(key, tuple(np.shape(latents)), config.ddim)[1]
+    latents = jnp.asarray(latents)
+    if latents.ndim != 5 or latents.shape[1] != config.num_frames:
+        raise ValueError(f"latents must be [B, num_frames={config.num_frames}, h, w, C], got {latents.shape}")
+    check_step_noise(step_noise, tuple(latents.shape), config.ddim)
+    stacked = jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves]), *conds)
+    return _co_denoise(eps_fn, schedule, _WindowPlan.from_config(config), stacked, shared_cond, latents, step_noise)

@@ -1,0 +1,69 @@
+"""Builds the three models from their configs and creates (or shapes) their parameters.
+
+One place knows each model's init inputs, so converters, trainers and the generator share it::
+
+    unet = build("unet", UNet3DConfig.tiny())
+    params = init_params("unet", cfg, jax.random.key(0))      # real arrays, unboxed
+    shapes = abstract_params("unet", cfg)                       # ShapeDtypeStructs, no allocation
+    specs = logical_specs("unet", cfg)                          # PartitionSpecs of logical axis names
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vidrd_jax.models.text_encoder import CLIPTextConfig, CLIPTextModel
+from vidrd_jax.models.unet3d import UNet3D, UNet3DConfig
+from vidrd_jax.models.vae import AutoencoderKL, VAEConfig
+
+Kind = Literal["unet", "vae", "text_encoder"]
+CONFIG_CLASSES = {"unet": UNet3DConfig, "vae": VAEConfig, "text_encoder": CLIPTextConfig}
+_MODEL_CLASSES = {"unet": UNet3D, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
+
+
+def config_from_dict(kind: Kind, config: dict[str, Any]):
+    return CONFIG_CLASSES[kind].from_dict(config)
+
+
+def build(kind: Kind, config) -> nn.Module:
+    return _MODEL_CLASSES[kind](config)
+
+
+def _init_fn(kind: Kind, config):
+    model = build(kind, config)
+    if kind == "unet":
+        cin = config.in_channels
+        # Parameter shapes do not depend on the input size: the smallest valid input is enough.
+        size = 2 ** (len(config.block_out_channels) - 1)
+        sample = jnp.zeros((1, 2, size, size, cin), jnp.float32)
+        text = jnp.zeros((1, 1, config.cross_attention_dim), jnp.float32)
+        return lambda rng: model.init(rng, sample, jnp.zeros((1,), jnp.int32), text)
+    if kind == "vae":
+        size = 2 ** (len(config.block_out_channels) - 1)
+        pixels = jnp.zeros((2, size, size, config.in_channels), jnp.float32)
+        return lambda rng: model.init(rng, pixels, num_frames=2)
+    ids = jnp.zeros((1, config.max_position_embeddings), jnp.int32)
+    return lambda rng: model.init(rng, ids)
+
+
+def init_params(kind: Kind, config, rng: jax.Array) -> dict[str, Any]:
+    """Freshly initialised parameters (unboxed)."""
+    return nn.meta.unbox(jax.jit(_init_fn(kind, config))(rng)["params"])
+
+
+def abstract_params(kind: Kind, config) -> dict[str, Any]:
+    """Parameter shapes and dtypes (``jax.ShapeDtypeStruct`` leaves) without allocating anything."""
+    return nn.meta.unbox(jax.eval_shape(_init_fn(kind, config), jax.random.key(0))["params"])
+
+
+def logical_specs(kind: Kind, config) -> dict[str, Any]:
+    """``PartitionSpec`` of logical axis names for every parameter (None where unannotated)."""
+    boxed = jax.eval_shape(_init_fn(kind, config), jax.random.key(0))["params"]
+    return nn.get_partition_spec(boxed)
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(tree)))

@@ -1,0 +1,295 @@
+"""Spatial building blocks shared by the video UNet (paper §4.1, Fig. 3) and the autoencoder (§4.4, Fig. 6).
+
+Everything is channels-last. Video activations are ``[B, F, H, W, C]``; per-frame layers (the "3D-ResNet" of
+Fig. 3, i.e. Stable Diffusion's 2D layers with frames folded into the batch) accept any number of leading batch
+axes. Module and parameter names follow diffusers so that checkpoints convert by renaming
+(``vidrd_jax.convert.naming``). Kernels carry logical axis names (``nn.with_logical_partitioning``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Array = jax.Array
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+GROUPNORM_SCOPES = ("clip", "frame")
+ATTENTION_IMPLS = ("plain", "dot_product")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+VIDEO_AXES = ("batch", "frames", "height", "width", "embed")
+
+
+def resolve_dtype(name: str, field: str = "dtype") -> Dtype:
+    """``"float32"`` / ``"bfloat16"`` -> jnp dtype; a clear error naming ``field`` otherwise."""
+    if name not in DTYPES:
+        raise ValueError(f"{field} must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def torch_default_init() -> Callable[..., Array]:
+    """PyTorch's default Linear/Conv kernel init (kaiming-uniform, a=sqrt(5)): U(±1/sqrt(fan_in))."""
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def dense(features: int, names: tuple[str, str], *, use_bias: bool = True, zero_init: bool = False,
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
+    """``nn.Dense`` with logical axis names ``names`` (in, out) on the kernel and ``names[1]`` on the bias."""
+    kernel_init = nn.initializers.zeros_init() if zero_init else torch_default_init()
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+        kernel_init=nn.with_logical_partitioning(kernel_init, names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (names[1],)))
+
+
+def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[int] = 1,
+         padding: Any = "SAME", zero_init: bool = False, dtype: Dtype = jnp.float32,
+         param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+    """``nn.Conv`` (2-D ``(kh, kw)`` or temporal ``(kt, 1, 1)``) with logical axis names on kernel and bias.
+
+    Leading input axes beyond the spatial ones are batch axes, so a 2-D conv on ``[B, F, H, W, C]`` runs per frame.
+    """
+    spatial = {2: ("conv_h", "conv_w"), 3: ("conv_t", "conv_h", "conv_w")}[len(kernel_size)]
+    kernel_init = nn.initializers.zeros_init() if zero_init else torch_default_init()
+    return nn.Conv(
+        features, tuple(kernel_size), strides=strides, padding=padding, dtype=dtype, param_dtype=param_dtype,
+        name=name, kernel_init=nn.with_logical_partitioning(kernel_init, spatial + ("conv_in", "conv_out")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)))
+
+
+def layer_norm(epsilon: float = 1e-5, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               name: str | None = None) -> nn.LayerNorm:
+    """Affine LayerNorm over channels (float32 statistics, two-pass variance as PyTorch)."""
+    return nn.LayerNorm(
+        epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm with PyTorch semantics: statistics over every axis but the first, per channel group.
+
+    Call it on ``[N, H, W, C]`` for per-image statistics or on ``[B, F, H, W, C]`` to pool them over the frames of
+    a clip (see :func:`group_norm`). Statistics are float32; the output is cast to ``dtype``.
+    """
+    num_groups: int
+    epsilon: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        if channels % self.num_groups:
+            raise ValueError(f"GroupNorm: {channels} channels are not divisible into {self.num_groups} groups")
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                           (channels,), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+                          (channels,), self.param_dtype)
+        grouped = x.astype(jnp.float32).reshape(x.shape[0], -1, self.num_groups, channels // self.num_groups)
+        mean = grouped.mean(axis=(1, 3), keepdims=True)
+        var = jnp.square(grouped - mean).mean(axis=(1, 3), keepdims=True)
+        normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        return (normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def group_norm(norm: GroupNorm, x: Array, scope: str) -> Array:
+    """Applies ``norm`` to ``x`` ``[B, F, H, W, C]`` pooling statistics over the clip or per frame.
+
+    ``scope="clip"`` pools over frames and space (the official VidRD release runs its ResNet/Temp-Conv GroupNorms on
+    the 5-D tensor); ``scope="frame"`` normalises each frame alone (the paper's "3D-ResNet = 2D-ResNet per frame").
+    4-D inputs are single images and behave identically under both scopes.
+    """
+    if scope not in GROUPNORM_SCOPES:
+        raise ValueError(f"groupnorm_scope must be one of {GROUPNORM_SCOPES}, got {scope!r}")
+    if scope == "frame" and x.ndim > 4:
+        return norm(x.reshape((-1,) + x.shape[-3:])).reshape(x.shape)
+    return norm(x)
+
+
+def timestep_embedding(timesteps: Array, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
+                       max_period: float = 10000.0) -> Array:
+    """Sinusoidal timestep features as diffusers ``get_timestep_embedding`` (float32, ``[N, dim]``)."""
+    half = dim // 2
+    exponent = -jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    angles = jnp.asarray(timesteps, jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """``linear_1 -> SiLU -> linear_2`` on the sinusoidal timestep features (SD's ``time_embedding``)."""
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: Array) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = dense(self.features, ("embed", "mlp"), name="linear_1", **kw)(features)
+        return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(nn.silu(h))
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, impl: str = "plain") -> Array:
+    """Multi-head softmax attention, scale ``head_dim**-0.5``, no mask.
+
+    Args:
+      q: ``[..., Lq, heads, head_dim]``; k, v: ``[..., Lk, heads, head_dim]`` whose leading axes broadcast against
+        q's (e.g. one text context shared by all frames of a clip).
+      impl: ``"plain"`` (einsum, float32 logits and softmax) or ``"dot_product"``
+        (``jax.nn.dot_product_attention``, which may pick cuDNN flash attention on GPU).
+    """
+    if impl == "plain":
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(logits * q.shape[-1] ** -0.5, axis=-1)
+        return jnp.einsum("...hqk,...khd->...qhd", probs.astype(v.dtype), v)
+    if impl == "dot_product":
+        lead = jnp.broadcast_shapes(q.shape[:-3], k.shape[:-3])
+        q = jnp.broadcast_to(q, lead + q.shape[-3:])
+        k = jnp.broadcast_to(k, lead + k.shape[-3:])
+        v = jnp.broadcast_to(v, lead + v.shape[-3:])
+        out = jax.nn.dot_product_attention(q.reshape((-1,) + q.shape[-3:]), k.reshape((-1,) + k.shape[-3:]),
+                                           v.reshape((-1,) + v.shape[-3:]))
+        return out.reshape(q.shape)
+    raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+
+
+class Attention(nn.Module):
+    """diffusers ``Attention``: ``to_q/to_k/to_v`` (bias optional) -> softmax attention -> ``to_out_0`` (bias).
+
+    ``x`` is ``[..., L, C]``; ``context`` (cross-attention) is ``[..., S, D]`` with leading axes broadcasting
+    against x's. ``zero_out`` zero-initialises ``to_out_0`` (Temp-Attn, §4.1: "last layer zeroed").
+    """
+    heads: int
+    qkv_bias: bool = False
+    zero_out: bool = False
+    impl: str = "plain"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, context: Array | None = None) -> Array:
+        channels = x.shape[-1]
+        if channels % self.heads:
+            raise ValueError(f"Attention: {channels} channels are not divisible by heads={self.heads}")
+        context = x if context is None else context
+        kw = dict(use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def project(name: str, t: Array) -> Array:  # -> [..., L, heads, head_dim]
+            t = dense(channels, ("embed", "heads"), name=name, **kw)(t)
+            return t.reshape(t.shape[:-1] + (self.heads, channels // self.heads))
+
+        out = dot_product_attention(project("to_q", x), project("to_k", context), project("to_v", context), self.impl)
+        out = out.reshape(out.shape[:-2] + (channels,))
+        return dense(channels, ("heads", "embed"), zero_init=self.zero_out, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="to_out_0")(out)
+
+
+class GEGLU(nn.Module):
+    """``proj`` to 2·inner, split into [hidden, gate] -> ``hidden * gelu(gate)`` (exact erf GELU)."""
+    inner: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = dense(2 * self.inner, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(x)
+        hidden, gate = jnp.split(h, 2, axis=-1)
+        return hidden * nn.gelu(gate, approximate=False)
+
+
+class FeedForward(nn.Module):
+    """SD's transformer feed-forward: ``net_0`` (GEGLU, 4x) -> ``net_2`` (Linear back to C)."""
+    mult: int = 4
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = GEGLU(self.mult * channels, name="net_0", **kw)(x)
+        return dense(channels, ("mlp", "embed"), name="net_2", **kw)(h)
+
+
+class ResnetBlock(nn.Module):
+    """ResnetBlock2D applied per frame (Fig. 3's 3D-ResNet), with GroupNorm statistics per ``groupnorm_scope``.
+
+    ``norm1 -> SiLU -> conv1 (+ time_emb_proj(SiLU(temb))) -> norm2 -> SiLU -> conv2``, plus the input (through a
+    1x1 ``conv_shortcut`` when the channel count changes). ``x``: ``[B, F, H, W, C]`` or ``[N, H, W, C]``;
+    ``temb``: ``[B, T]`` (broadcast over frames and space) or None (autoencoder).
+    """
+    out_channels: int
+    num_groups: int
+    epsilon: float
+    groupnorm_scope: str = "frame"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, temb: Array | None = None) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def norm(name: str, t: Array) -> Array:
+            return group_norm(GroupNorm(self.num_groups, self.epsilon, name=name, **kw), t, self.groupnorm_scope)
+
+        h = conv(self.out_channels, (3, 3), name="conv1", **kw)(nn.silu(norm("norm1", x)))
+        if temb is not None:
+            t = dense(self.out_channels, ("mlp", "embed"), name="time_emb_proj", **kw)(nn.silu(temb))
+            h = h + t.reshape(t.shape[:1] + (1,) * (h.ndim - 2) + t.shape[1:])
+        h = conv(self.out_channels, (3, 3), name="conv2", **kw)(nn.silu(norm("norm2", h)))
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, (1, 1), name="conv_shortcut", **kw)(x)
+        return x + h
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 ``conv`` per frame. ``padding``: ((1, 1), (1, 1)) in the UNet, ((0, 1), (0, 1)) in the VAE."""
+    channels: int
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return conv(self.channels, (3, 3), strides=2, padding=self.padding, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="conv")(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 on height and width only (frames untouched), then a 3x3 ``conv``."""
+    channels: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
+        return conv(self.channels, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+
+
+def remat_block(module_cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]) -> type[nn.Module]:
+    """Wraps a block class in ``nn.remat`` according to ``policy`` (one of :data:`REMAT_POLICIES`).
+
+    ``static_argnums`` counts ``self`` as 0 (flax convention), e.g. the ``deterministic`` flag.
+    """
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {policy!r}")
+    if policy == "none":
+        return module_cls
+    jax_policy = None if policy == "full" else getattr(jax.checkpoint_policies, policy)
+    return nn.remat(module_cls, policy=jax_policy, static_argnums=static_argnums, prevent_cse=True)
+
+
+def constrain_video(x: Array) -> Array:
+    """Logical sharding constraint for ``[B, F, H, W, C]`` (or image ``[N, H, W, C]``) activations; a no-op
+    without logical-axis rules."""
+    return nn.with_logical_constraint(x, VIDEO_AXES if x.ndim == 5 else VIDEO_AXES[:1] + VIDEO_AXES[2:])

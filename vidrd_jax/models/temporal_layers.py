@@ -1,0 +1,101 @@
+"""The temporal layers VidRD injects into Stable Diffusion (paper §4.1, Fig. 3; §4.4, Fig. 6).
+
+* :class:`TemporalConv` ("Temp-Conv"): 3-D convolutions along the frame axis after every ResNet, residual, last
+  conv zero-initialised (UNet: 4 sub-layers, autoencoder decoder: 3).
+* :func:`temporal_attention` ("Temp-Attn"): self-attention over the frames at every spatial position, inside each
+  transformer block between cross-attention and the feed-forward, output projection zero-initialised.
+
+The forward order and the single-frame behaviour follow the official release (``shared/reference/README.md``).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vidrd_jax.models.layers import GROUPNORM_SCOPES, Attention, Dtype, GroupNorm, conv, group_norm
+
+Array = jax.Array
+
+POSITION_EMBEDDINGS = ("residual", "attention", "none")
+
+
+class TemporalConv(nn.Module):
+    """Temp-Conv: ``x + convs(x)`` with ``convs`` = ``num_layers`` x [GroupNorm -> SiLU -> Dropout -> Conv(3,1,1)].
+
+    Input/output ``[B, F, H, W, C]``. The conv kernel spans 3 frames with zero padding (1, 0, 0) and a bias; the
+    last conv is zero-initialised, so a fresh layer is the identity (§4.1). Parameter names match the official
+    flat ``convs`` ModuleList: GroupNorm ``convs_{4k}``, Conv3d ``convs_{4k+3}``. With one frame the layer returns
+    its input unchanged (official: ``x + 0·convs(x)`` in the UNet, ``x`` in the VAE); its parameters are still
+    created at init.
+    """
+    num_layers: int = 4
+    num_groups: int = 32
+    epsilon: float = 1e-5
+    dropout: float = 0.1
+    groupnorm_scope: str = "clip"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        if x.ndim != 5:
+            raise ValueError(f"TemporalConv expects x of shape [B, F, H, W, C], got {x.shape}")
+        if self.groupnorm_scope not in GROUPNORM_SCOPES:
+            raise ValueError(f"groupnorm_scope must be one of {GROUPNORM_SCOPES}, got {self.groupnorm_scope!r}")
+        if x.shape[1] == 1 and not self.is_initializing():
+            return x
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = x
+        for k in range(self.num_layers):
+            h = group_norm(GroupNorm(self.num_groups, self.epsilon, name=f"convs_{4 * k}", **kw), h,
+                           self.groupnorm_scope)
+            h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
+            h = conv(x.shape[-1], (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), zero_init=k == self.num_layers - 1,
+                     name=f"convs_{4 * k + 3}", **kw)(h)
+        return x + h
+
+
+def frame_position_embedding(num_frames: int, dim: int) -> Array:
+    """Interleaved sinusoidal frame positions ``[F, dim]`` (float32), as the official ``get_sin_pos_embedding``.
+
+    ``pe[p, 2i] = sin(p · 10000^(-2i/dim))``, ``pe[p, 2i+1] = cos(p · 10000^(-2i/dim))``.
+    """
+    if dim % 2:
+        raise ValueError(f"frame position embedding needs an even channel count, got {dim}")
+    position = jnp.arange(num_frames, dtype=jnp.float32)[:, None]
+    freqs = jnp.exp(jnp.arange(0, dim, 2, dtype=jnp.float32) * -(jnp.log(10000.0) / dim))[None, :]
+    angles = position * freqs
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(num_frames, dim)
+
+
+def temporal_attention(h: Array, norm: nn.Module, attn: Attention, position_embedding: str = "residual",
+                       initializing: bool = False) -> Array:
+    """Temp-Attn on transformer tokens ``h`` ``[B, F, L, C]`` (L = H·W): frames attend to each other per token.
+
+    ``norm`` is the block's ``temp_norm`` LayerNorm and ``attn`` its ``temp_attn`` (zero-initialised output).
+    ``position_embedding`` selects where the frame embedding :func:`frame_position_embedding` goes:
+
+    * ``"residual"`` (official, ``add_temp_embed=True``): ``h += pe`` stays in the residual stream, then
+      ``h = h + attn(norm(h))``. A freshly initialised block is therefore *not* the identity (the PE remains), and
+      with one frame the official code still adds ``pe[0]`` (0 on even, 1 on odd channels) while discarding the
+      attention output; both quirks are reproduced.
+    * ``"attention"``: the PE only feeds the attention input, ``h = h + attn(norm(h + pe))``; a fresh block is
+      exactly the identity and one frame returns ``h``.
+    * ``"none"`` (official ``add_temp_embed=False``): ``h = h + attn(norm(h))``; one frame returns ``h``.
+
+    ``initializing`` runs the attention even for one frame so that its parameters get created.
+    """
+    if position_embedding not in POSITION_EMBEDDINGS:
+        raise ValueError(f"temporal_position_embedding must be one of {POSITION_EMBEDDINGS}, "
+                         f"got {position_embedding!r}")
+    num_frames = h.shape[1]
+    pe = frame_position_embedding(num_frames, h.shape[-1])[None, :, None, :].astype(h.dtype)
+    if position_embedding == "residual":
+        h = h + pe
+    if num_frames == 1 and not initializing:
+        return h
+    x = h + pe if position_embedding == "attention" else h
+    x = jnp.swapaxes(x, 1, 2)  # [B, L, F, C]: attention runs over the frame axis
+    out = jnp.swapaxes(attn(norm(x)), 1, 2)
+    return h if num_frames == 1 else h + out

@@ -1,0 +1,424 @@
+"""Temporal-aware decoder fine-tuning (paper §4.4, eq. 9; weights of §5.1).
+
+The autoencoder's encoder E (and ``quant_conv``/``post_quant_conv`` and every 2-D decoder layer) stays frozen; only
+the decoder's Temp-Conv layers train (``config.trainable_regex``, default: paths ``vae/decoder/…/temp_convs_<j>/``).
+Each clip is encoded frame by frame (a posterior sample, as LDM's autoencoder training), decoded as a clip
+(``num_frames = F``, so the Temp-Convs mix frames) and scored with eq. 9::
+
+    L = α_rec·L_rec(x, D(E(x))) + α_reg·L_reg(x; E, D) + α_disc·λ·L_disc(D(E(x)))          (eq. 9)
+
+* ``L_rec`` = mean |x − x̂| + ``perceptual_weight``·LPIPS(x, x̂) (per frame, when ``loss.lpips_dir`` is set).
+  LDM sums the pixel term over pixels; the mean only rescales L_rec, which the adaptive weight λ compensates.
+* ``L_reg`` = KL(q(z|x) ‖ N(0, I)), summed over latent elements and averaged over frames (LDM's convention). With
+  the encoder frozen it is a constant: it is logged, it has no gradient.
+* ``L_disc`` = −E[D(x̂)] (hinge generator term) with D the 3-D patch discriminator
+  (:mod:`vidrd_jax.models.discriminator`), trained at the same step on
+  ``½(E[relu(1 − D(x))] + E[relu(1 + D(x̂))])``.
+* λ is LDM's adaptive weight ``‖∇_W L_nll‖ / (‖∇_W L_g‖ + 1e-4)`` clipped to [0, ``max_adaptive_weight``],
+  where W is the decoder's last layer (``decoder/conv_out/kernel``). W is frozen here; its gradient is only measured
+  (never applied), exactly as LDM measures it. Both terms are switched on at ``loss.disc_start``.
+* α_rec, α_reg, α_disc = ``loss.rec_weight`` (1), ``loss.reg_weight`` (1e-5), ``loss.disc_weight`` (0.5), §5.1.
+
+One trainer step updates both players (labels ``generator`` and ``discriminator``, each with its own optimizer,
+both optimizer states in the train state and its checkpoints): the generator terms see the discriminator through
+``stop_gradient`` and the discriminator sees ``stop_gradient(x̂)``, so the summed loss gives each player its own
+gradient. The gradients of L_rec and L_disc w.r.t. x̂ are computed once and reused both for λ and for the decoder
+update (a first-order surrogate ``Σ g·(x̂ − sg(x̂))``, whose value is 0 and whose gradient is ``g``).
+
+Evaluation (:meth:`VAETemporalTask.evaluate`, also run by the periodic sample hook): PSNR / SSIM per frame and
+temporal flicker (:mod:`vidrd_jax.video_metrics`) of the image decoder (``num_frames=1``: the decoder *before*
+fine-tuning, since fresh Temp-Convs are the identity) and of the temporal decoder, on fixed clips of ``config.data``.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import PartitionSpec
+
+from vidrd_jax import checkpoints, train_state, video_metrics
+from vidrd_jax.models import factory
+from vidrd_jax.models.discriminator import (DiscriminatorConfig, PatchDiscriminator3D, clip_accuracy,
+                                            generator_loss, hinge_d_loss)
+from vidrd_jax.models.lpips import LPIPS, abstract_lpips_params, load_lpips_params
+from vidrd_jax.models.vae import VAEConfig
+from vidrd_jax.tasks import Params, Task
+
+PRESETS = ("tiny", "sd21")
+TEMPORAL_DECODER_REGEX = r"^vae/decoder/.*temp_convs_\d+/"
+GENERATOR, DISCRIMINATOR = "generator", "discriminator"
+LAST_LAYER = ("decoder", "conv_out")  # the decoder's last layer (module path inside AutoencoderKL)
+
+
+def discriminator_optimizer_defaults() -> ml_collections.ConfigDict:
+    """LDM's discriminator optimizer: Adam with betas (0.5, 0.9), constant rate, no decay."""
+    return ml_collections.ConfigDict(dict(
+        learning_rate=1e-4, schedule="constant", warmup_steps=0, end_lr_factor=1.0, b1=0.5, b2=0.9, eps=1e-8,
+        weight_decay=0.0, max_grad_norm=0.0))
+
+
+def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, exp(logvar)) ‖ N(0, I)) summed over all but the first axis: ``[N]`` (LDM ``kl()``)."""
+    kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    return jnp.sum(kl.reshape(kl.shape[0], -1), axis=1)
+
+
+def adaptive_weight(grad_nll: jax.Array, grad_g: jax.Array, max_weight: float) -> jax.Array:
+    """LDM's ``calculate_adaptive_weight``: ``clip(‖∇L_nll‖ / (‖∇L_g‖ + 1e-4), 0, max_weight)``."""
+    return jnp.clip(jnp.linalg.norm(grad_nll) / (jnp.linalg.norm(grad_g) + 1e-4), 0.0, max_weight)
+
+
+def conv_kernel_grads(inputs: jax.Array, kernel: jax.Array, *cotangents: jax.Array) -> tuple[jax.Array, ...]:
+    """Gradients w.r.t. the kernel of a stride-1 'SAME' conv ``y = conv(inputs, kernel)`` for each cotangent of y.
+
+    ``inputs``: ``[N, H, W, Cin]``; ``kernel``: ``[kh, kw, Cin, Cout]``; cotangents ``[N, H, W, Cout]``.
+    """
+    def conv(k):
+        return jax.lax.conv_general_dilated(inputs.astype(jnp.float32), k, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    _, pullback = jax.vjp(conv, kernel.astype(jnp.float32))
+    return tuple(pullback(c.astype(jnp.float32))[0] for c in cotangents)
+
+
+def _vae_config(base: Mapping[str, Any] | None, preset: str, overrides: ml_collections.ConfigDict) -> VAEConfig:
+    fields = dict(base["vae"]) if base is not None else getattr(VAEConfig, preset)().to_dict()
+    fields.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.to_dict().items()})
+    try:
+        return VAEConfig.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.model.vae: {e}") from e
+
+
+def _disc_config(overrides: ml_collections.ConfigDict) -> DiscriminatorConfig:
+    try:
+        return DiscriminatorConfig.from_dict(overrides.to_dict())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.model.discriminator: {e}") from e
+
+
+def _to_uint8(x: jax.Array) -> jax.Array:
+    return jnp.clip((x.astype(jnp.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8)
+
+
+class VAETemporalTask(Task):
+    """Fine-tunes the Temp-Conv layers of the VAE decoder with eq. 9 against a 3-D patch discriminator."""
+
+    @classmethod
+    def config_defaults(cls) -> ml_collections.ConfigDict:
+        """``model``, ``loss``, ``trainable_regex``, ``discriminator_optimizer``, ``sample`` (eval + previews).
+
+        ``config.optimizer`` (the trainer's) is the generator's optimizer.
+        """
+        c = ml_collections.ConfigDict()
+        c.model = ml_collections.ConfigDict(dict(
+            init_from="",  # inference checkpoint dir whose "vae" part is fine-tuned; "" = fresh init of `preset`
+            preset="tiny",  # tiny | sd21, used when init_from is ""
+            # params absent from init_from that keep their fresh init: new Temp-Convs, the discriminator, LPIPS
+            allow_missing=r"temp_convs_|^discriminator/|^lpips/",
+            vae=ml_collections.ConfigDict(dict(dtype="float32")),  # VAEConfig overrides
+            discriminator=ml_collections.ConfigDict(DiscriminatorConfig().to_dict()),
+        ))
+        c.loss = ml_collections.ConfigDict(dict(
+            rec_weight=1.0,  # α_rec (§5.1)
+            reg_weight=1e-5,  # α_reg (§5.1)
+            disc_weight=0.5,  # α_disc (§5.1)
+            perceptual_weight=1.0,  # LPIPS weight inside L_rec (LDM: 1.0); used when lpips_dir is set
+            lpips_dir="",  # LPIPS weights folder (vidrd_jax.models.lpips); "" = L1 only
+            disc_start=0,  # step from which L_disc and the discriminator loss count (needs the step, see loss())
+            adaptive_weight=True,  # LDM's λ; False: λ = 1
+            max_adaptive_weight=1e4,
+            sample_posterior=True,  # decode z ~ q(z|x) (LDM) instead of the posterior mean
+        ))
+        c.trainable_regex = TEMPORAL_DECODER_REGEX
+        c.discriminator_optimizer = discriminator_optimizer_defaults()
+        c.sample = ml_collections.ConfigDict(dict(
+            every_steps=0,  # 0 = off; evaluation metrics are logged and previews written at these steps
+            batch_size=8,  # clips per evaluation batch
+            num_batches=1,  # evaluation batches (fixed clips of config.data, drawn with `seed`)
+            seed=1234,
+            num_previews=4,  # clips written as [input | image decoder | temporal decoder] previews
+            fps=8.0))
+        return c
+
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+        m, loss = config.model, config.loss
+        if not m.init_from and m.preset not in PRESETS:
+            raise ValueError(f"config.model.preset must be one of {PRESETS} when init_from is empty, got {m.preset!r}")
+        if m.init_from:
+            base = checkpoints.load_model_config(m.init_from)
+            if "vae" not in base:
+                raise ValueError(f"config.model.init_from={m.init_from!r} has no 'vae' model config")
+        for field, pattern in (("trainable_regex", config.trainable_regex), ("model.allow_missing", m.allow_missing)):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"config.{field}: invalid regex {pattern!r} ({e})") from e
+        for name in ("rec_weight", "reg_weight", "disc_weight", "perceptual_weight"):
+            if not loss[name] >= 0:
+                raise ValueError(f"config.loss.{name} must be >= 0, got {loss[name]!r}")
+        if not loss.max_adaptive_weight > 0:
+            raise ValueError(f"config.loss.max_adaptive_weight must be > 0, got {loss.max_adaptive_weight!r}")
+        if not isinstance(loss.disc_start, int) or loss.disc_start < 0:
+            raise ValueError(f"config.loss.disc_start must be an int >= 0, got {loss.disc_start!r}")
+        if loss.lpips_dir:
+            from vidrd_jax.models.lpips import lpips_files
+
+            try:
+                lpips_files(loss.lpips_dir)
+            except FileNotFoundError as e:
+                raise ValueError(f"config.loss.lpips_dir: {e}") from e
+        disc = _disc_config(m.discriminator)
+        from data_pipelines.config import resolution_hw
+
+        height, width = resolution_hw(config.data.resolution)
+        try:
+            disc.check_input(height, width)
+        except ValueError as e:
+            raise ValueError(f"config.model.{e} (config.data.resolution={config.data.resolution})") from e
+        if config.data.num_frames < 2:
+            raise ValueError(f"config.data.num_frames must be >= 2 for temporal fine-tuning, "
+                             f"got {config.data.num_frames}")
+        s = config.sample
+        for name in ("batch_size", "num_batches", "num_previews"):
+            if not isinstance(s[name], int) or s[name] < 1:
+                raise ValueError(f"config.sample.{name} must be a positive int, got {s[name]!r}")
+        if s.every_steps < 0 or s.fps <= 0:
+            raise ValueError(f"config.sample.every_steps must be >= 0 and fps > 0, got {s.every_steps}, {s.fps}")
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        m = config.model
+        self.base_config = checkpoints.load_model_config(m.init_from) if m.init_from else None
+        self.vae_config = _vae_config(self.base_config, m.preset, m.vae)
+        if not self.vae_config.use_temporal_decoder:
+            raise ValueError("config.model.vae.use_temporal_decoder must be True: the task trains the Temp-Convs")
+        self.disc_config = _disc_config(m.discriminator)
+        self.vae = factory.build("vae", self.vae_config)
+        self.discriminator = PatchDiscriminator3D(self.disc_config)
+        self.lpips_params = load_lpips_params(config.loss.lpips_dir) if config.loss.lpips_dir else None
+        self.vae_factor = 2 ** (len(self.vae_config.block_out_channels) - 1)
+
+    # --- parameters -------------------------------------------------------------------------------------------
+    def _disc_init(self, rng: jax.Array) -> Params:
+        size = 3 * 2 ** self.disc_config.num_layers  # the smallest input leaving one logit (shapes do not depend on it)
+        return self.discriminator.init(rng, jnp.zeros((1, 2, size, size, self.disc_config.in_channels)))["params"]
+
+    def abstract_params(self) -> tuple[Params, Params]:
+        boxed_disc = jax.eval_shape(self._disc_init, jax.random.key(0))
+        shapes = {"vae": factory.abstract_params("vae", self.vae_config), "discriminator": nn.meta.unbox(boxed_disc)}
+        specs = {"vae": factory.logical_specs("vae", self.vae_config),
+                 "discriminator": nn.get_partition_spec(boxed_disc)}
+        if self.lpips_params is not None:
+            shapes["lpips"] = abstract_lpips_params()
+            specs["lpips"] = jax.tree.map(lambda _: PartitionSpec(), shapes["lpips"])
+        return shapes, specs
+
+    def init_params(self, rng: jax.Array) -> Params:
+        vae_rng, disc_rng = jax.random.split(rng)
+        params = {"vae": factory.init_params("vae", self.vae_config, vae_rng),
+                  "discriminator": nn.meta.unbox(self._disc_init(disc_rng))}
+        if self.lpips_params is not None:
+            params["lpips"] = jax.tree.map(jnp.asarray, self.lpips_params)
+        return params
+
+    def pretrained(self) -> tuple[str, str] | None:
+        m = self.config.model
+        return (m.init_from, m.allow_missing) if m.init_from else None
+
+    def param_labels(self, shapes: Params) -> dict[str, str]:
+        labels = train_state.regex_labels(shapes, {GENERATOR: self.config.trainable_regex,
+                                                   DISCRIMINATOR: r"^discriminator/"})
+        generator = [p for p, label in labels.items() if label == GENERATOR]
+        if not generator:
+            raise ValueError(f"config.trainable_regex={self.config.trainable_regex!r} matches no parameter path")
+        outside = [p for p in generator if not p.startswith("vae/decoder/")]
+        if outside:
+            raise ValueError(f"config.trainable_regex={self.config.trainable_regex!r} must select decoder parameters "
+                             f"only (the encoder stays frozen, §4.4); it also matches {outside[:3]}")
+        return labels
+
+    def optimizer_groups(self) -> dict[str, Mapping[str, Any]]:
+        return {GENERATOR: self.config.optimizer, DISCRIMINATOR: self.config.discriminator_optimizer}
+
+    # --- data ------------------------------------------------------------------------------------------------
+    def host_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if "video" not in batch:
+            raise KeyError(f"data batch has no 'video' entry (keys: {sorted(batch)})")
+        video = np.asarray(batch["video"], np.float32)
+        if video.ndim != 5 or video.shape[-1] != 3 or video.shape[1] < 2:
+            raise ValueError(f"batch['video'] must be [B, F>=2, H, W, 3], got shape {video.shape}")
+        if video.shape[2] % self.vae_factor or video.shape[3] % self.vae_factor:
+            raise ValueError(f"batch['video'] height/width {video.shape[2:4]} must be multiples of the VAE's "
+                             f"downsampling factor {self.vae_factor}")
+        return {"video": video}
+
+    # --- step ------------------------------------------------------------------------------------------------
+    def encode(self, params: Params, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Frozen E on every frame: posterior ``(mean, logvar)`` ``[B·F, h, w, C]``."""
+        frames = video.reshape((-1,) + video.shape[2:])
+        return self.vae.apply({"params": params["vae"]}, frames, method="encode")
+
+    def decode(self, params: Params, z: jax.Array, num_frames: int, deterministic: bool = True,
+               rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """D on latents ``[B·F, h, w, C]`` -> ``(pixels [B·F, H, W, 3], input of the last layer [B·F, H, W, C0])``."""
+        captured = {}
+
+        def capture_last_layer_input(next_fun, args, kwargs, context):
+            if context.method_name == "__call__" and context.module.path == LAST_LAYER:
+                captured["h"] = args[0]
+            return next_fun(*args, **kwargs)
+
+        rngs = {"dropout": rng} if rng is not None else {}
+        with nn.intercept_methods(capture_last_layer_input):
+            recon = self.vae.apply({"params": params["vae"]}, z, num_frames=num_frames, deterministic=deterministic,
+                                   method="decode", rngs=rngs)
+        if "h" not in captured:
+            raise RuntimeError(f"the VAE decoder has no last layer at {'/'.join(LAST_LAYER)}")
+        return recon, captured["h"]
+
+    def preprocess(self, params: Params, batch: Mapping[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+        """Clips, their latents (posterior sample or mean) and per-frame KL, without gradients."""
+        video = batch["video"]
+        mean, logvar = self.encode(params, video)
+        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+        z = mean
+        if self.config.loss.sample_posterior:
+            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, jnp.float32)
+        return jax.lax.stop_gradient({"video": video, "z": z, "kl": kl_divergence(mean, logvar)})
+
+    def reconstruction_loss(self, params: Params, video: jax.Array, recon: jax.Array
+                            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """α_rec·(mean |x − x̂| + perceptual_weight·mean LPIPS) over clips ``[B, F, H, W, 3]``."""
+        loss = self.config.loss
+        l1 = jnp.mean(jnp.abs(video - recon))
+        metrics = {"l1": l1}
+        rec = l1
+        if self.lpips_params is not None:
+            flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+            perceptual = jnp.mean(LPIPS().apply({"params": params["lpips"]}, flat(video), flat(recon)))
+            rec = rec + loss.perceptual_weight * perceptual
+            metrics["lpips"] = perceptual
+        return loss.rec_weight * rec, metrics
+
+    def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array,
+             step: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Eq. 9 for the decoder plus the hinge loss of the discriminator (module docstring).
+
+        ``step`` (the global step) gates both adversarial terms at ``loss.disc_start``; without it the terms are
+        always on, which is only allowed for ``disc_start == 0``.
+        """
+        cfg = self.config.loss
+        sg = jax.lax.stop_gradient
+        video, z = inputs["video"], inputs["z"]
+        num_frames = video.shape[1]
+        recon_flat, last_input = self.decode(params, z, num_frames, deterministic=False, rng=rng)
+        recon = recon_flat.reshape(video.shape)
+        recon_sg = sg(recon)
+
+        # Gradients of both generator terms w.r.t. x̂, computed once (for λ and for the decoder update).
+        (nll, rec_metrics), grad_nll = jax.value_and_grad(
+            lambda r: self.reconstruction_loss(params, video, r), has_aux=True)(recon_sg)
+        disc_frozen = sg(params["discriminator"])
+        g_loss, grad_g = jax.value_and_grad(
+            lambda r: generator_loss(self.discriminator.apply({"params": disc_frozen}, r)))(recon_sg)
+
+        if cfg.adaptive_weight:
+            kernel = params["vae"][LAST_LAYER[0]][LAST_LAYER[1]]["kernel"]
+            w_nll, w_g = conv_kernel_grads(sg(last_input), sg(kernel), grad_nll.reshape(recon_flat.shape),
+                                           grad_g.reshape(recon_flat.shape))
+            d_weight = cfg.disc_weight * adaptive_weight(w_nll, w_g, cfg.max_adaptive_weight)
+        else:
+            d_weight = jnp.asarray(cfg.disc_weight, jnp.float32)
+        if step is None:
+            if cfg.disc_start > 0:
+                raise ValueError(f"config.loss.disc_start={cfg.disc_start} needs the global step, but the trainer "
+                                 "called Task.loss without `step`")
+            disc_factor = jnp.ones((), jnp.float32)
+        else:
+            disc_factor = (step >= cfg.disc_start).astype(jnp.float32)
+        g_scale = sg(d_weight * disc_factor)
+
+        # Decoder: value of eq. 9, gradient through x̂ = grad_nll + λ·α_disc·grad_g (first-order surrogate).
+        surrogate = jnp.sum(sg(grad_nll + g_scale * grad_g) * (recon - recon_sg))
+        kl = jnp.mean(inputs["kl"])
+        generator_total = nll + cfg.reg_weight * kl + g_scale * g_loss
+
+        logits = self.discriminator.apply({"params": params["discriminator"]}, jnp.concatenate([video, recon_sg]))
+        logits_real, logits_fake = jnp.split(logits, 2)
+        d_loss = hinge_d_loss(logits_real, logits_fake)
+
+        total = generator_total + surrogate + disc_factor * d_loss
+        metrics = {**rec_metrics, "rec_loss": nll, "kl": kl, "g_loss": g_loss, "d_weight": d_weight,
+                   "disc_factor": disc_factor, "generator_loss": generator_total, "d_loss": d_loss,
+                   "logits_real": jnp.mean(logits_real), "logits_fake": jnp.mean(logits_fake),
+                   "disc_accuracy": clip_accuracy(logits_real, logits_fake)}
+        return total, metrics
+
+    # --- evaluation / outputs -----------------------------------------------------------------------------------
+    @functools.cached_property
+    def _eval_fn(self):
+        def run(params, video):
+            mean, _ = self.encode(params, video)
+            b, f = video.shape[:2]
+            image = self.vae.apply({"params": params["vae"]}, mean, num_frames=1, method="decode")
+            temporal = self.vae.apply({"params": params["vae"]}, mean, num_frames=f, method="decode")
+            image, temporal = image.reshape(video.shape), temporal.reshape(video.shape)
+            metrics = {f"{name}/{k}": v for name, recon in (("image_decoder", image), ("temporal_decoder", temporal))
+                       for k, v in video_metrics.reconstruction_metrics(video, recon).items()}
+            return metrics, jnp.concatenate([_to_uint8(video), _to_uint8(image), _to_uint8(temporal)], axis=3)
+
+        return jax.jit(run)
+
+    @functools.cached_property
+    def eval_clips(self) -> list[np.ndarray]:
+        """The fixed evaluation clips: ``sample.num_batches`` batches of ``config.data`` drawn with ``sample.seed``."""
+        import data_pipelines  # deferred: only evaluation reads data inside the task
+
+        s = self.config.sample
+        iterator = data_pipelines.make_iterator(self.config.data, batch_size=s.batch_size, seed=s.seed)
+        return [self.host_batch(next(iterator))["video"] for _ in range(s.num_batches)]
+
+    def evaluate(self, params: Params, clips: list[np.ndarray] | None = None) -> dict[str, float]:
+        """PSNR / SSIM / flicker of the image decoder (before fine-tuning) and the temporal decoder (after).
+
+        ``clips`` default to :attr:`eval_clips`. Keys ``image_decoder/{psnr,ssim,flicker}``,
+        ``temporal_decoder/{…}`` and ``delta/{…}`` (temporal − image).
+        """
+        results = [self._eval_fn(params, jnp.asarray(c))[0] for c in (clips or self.eval_clips)]
+        out = {k: float(np.mean([jax.device_get(r[k]) for r in results])) for k in results[0]}
+        for k in ("psnr", "ssim", "flicker"):
+            out[f"delta/{k}"] = out[f"temporal_decoder/{k}"] - out[f"image_decoder/{k}"]
+        return out
+
+    def sample(self, params: Params, rng: jax.Array) -> jax.Array:
+        """Logs :meth:`evaluate` 's metrics and returns ``[input | image decoder | temporal decoder]`` previews."""
+        metrics = self.evaluate(params)
+        logging.info("reconstruction metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        _, previews = self._eval_fn(params, jnp.asarray(self.eval_clips[0]))
+        return previews[: self.config.sample.num_previews]
+
+    def export(self, params: Params, dtype: str) -> tuple[Params, dict[str, Any]]:
+        """The fine-tuned ``vae`` (standard VAE tree, as ``vae.py``) over ``init_from`` 's other models, if any.
+
+        Returns ``(params, model_config)`` for ``checkpoints.save_inference_checkpoint``: ``init_from`` 's
+        checkpoint with its ``vae`` part replaced (the other models as stored), or a VAE-only checkpoint for a fresh
+        run. Only the VAE is cast to ``dtype``.
+        """
+        target = jnp.dtype(dtype)
+        vae = jax.tree.map(lambda x: np.asarray(x).astype(target) if jnp.issubdtype(x.dtype, jnp.floating)
+                           else np.asarray(x), params["vae"])
+        vae_config = {**self.vae_config.to_dict(), "dtype": dtype, "param_dtype": dtype, "remat_policy": "none"}
+        if self.base_config is None:
+            return {"vae": vae}, {"vae": vae_config, "source": "vidrd_jax.train:vae_temporal"}
+        base_params, _ = checkpoints.load_inference_checkpoint(self.config.model.init_from)
+        return ({**base_params, "vae": vae},
+                {**self.base_config, "vae": vae_config, "source": "vidrd_jax.train:vae_temporal"})

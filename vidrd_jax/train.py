@@ -1,0 +1,363 @@
+"""The trainer: ``python -m vidrd_jax.train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]``.
+
+One loop for every task (``vidrd_jax.tasks``), in big_vision-style sections:
+
+1. config: validated (errors name the field), locked; JSON copy in every checkpoint.
+2. cluster + mesh: ``jax.distributed.initialize`` when multi-process; a ``data x fsdp x tensor`` mesh.
+3. state: parameter shardings from the models' logical axis names and ``config.sharding_rules``; the state is created
+   directly sharded (``jax.jit(..., out_shardings=...)``), optionally over an inference checkpoint (SD-2.1).
+4. data: each process reads its shard of every global batch; host batches become global ``jax.Array`` s.
+5. step: micro-batches (``lax.scan``) -> mean gradient of the trainable leaves -> non-finite guard -> optax -> EMA;
+   jitted with explicit in/out shardings, the state donated.
+6. checkpoints (Orbax, async) every ``checkpoint.every_steps``, at the end and on SIGTERM; a restart with the same
+   workdir resumes from the latest complete checkpoint, bit for bit (state, RNG, data position).
+7. metrics to TensorBoard + ``metrics.jsonl``, tqdm progress, periodic EMA samples (``config.sample``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vidrd_jax import checkpoints, parallel
+from vidrd_jax import metrics as metrics_lib
+from vidrd_jax import train_state as ts
+from vidrd_jax.tasks import Task, get_task_class
+from vidrd_jax.train_config import validate_config, validate_optimizer
+
+CHECKPOINT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+# Config fields that may differ between a checkpoint and the run resuming it without a warning.
+_RESUMABLE_CHANGES = ("total_steps", "log_every_steps", "progress_bar", "checkpoint", "sample", "distributed")
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Mesh, task, optimizer and the shardings of the train state; builds the state and the jitted step."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    rules: tuple
+    task: Task
+    labels: dict[str, str]
+    tx: optax.GradientTransformation
+    schedules: dict[str, optax.Schedule]
+    param_shardings: Any
+    state_shardings: ts.TrainState
+    abstract_state: ts.TrainState  # ShapeDtypeStructs carrying the shardings (restore target)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def batch_sharding(self, shape: tuple[int, ...]) -> NamedSharding:
+        return parallel.batch_sharding(self.mesh, self.rules, shape)
+
+    def data_shard(self) -> parallel.DataShard:
+        """This process's rows of each global batch (which data shard it reads)."""
+        return parallel.data_shard(self.batch_sharding((self.config.batch_size,)), self.config.batch_size)
+
+    def global_batch(self, host: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Per-process host arrays -> global arrays sharded over the batch axes."""
+        b = self.config.batch_size
+        shardings = {k: self.batch_sharding((b,) + np.shape(v)[1:]) for k, v in host.items()}
+        return parallel.host_to_global(host, shardings, b)
+
+    def init_state(self) -> ts.TrainState:
+        """Step-0 state, created sharded: fresh init (+ the task's pretrained checkpoint), optimizer state, EMA."""
+        init_rng, state_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
+        params = jax.jit(self.task.init_params, out_shardings=self.param_shardings)(init_rng)
+        pretrained = self.task.pretrained()
+        if pretrained is not None:
+            directory, allow_missing = pretrained
+            target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  params, self.param_shardings)
+            loaded, missing = checkpoints.load_pretrained_params(directory, target, allow_missing)
+            logging.info("loaded %d tensors from %s; %d keep their fresh init (allow_missing=%r)",
+                         len(loaded), directory, len(missing), allow_missing)
+            params = ts.unflatten({**ts.flatten(params), **loaded})
+        make = functools.partial(ts.state_from_params, labels=self.labels, tx=self.tx,
+                                 keep_ema=self.config.ema.decay > 0)
+        return jax.jit(make, out_shardings=self.state_shardings, donate_argnums=0)(params, rng=state_rng)
+
+    def make_step(self, batch_shardings: Mapping[str, NamedSharding]
+                  ) -> Callable[[ts.TrainState, dict[str, jax.Array]], tuple[ts.TrainState, dict[str, jax.Array]]]:
+        """The jitted train step ``(state, batch) -> (state, metrics)``; the input state is donated."""
+        return jax.jit(self._step, in_shardings=(self.state_shardings, dict(batch_shardings)),
+                       out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+
+    def _micro_batches(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """``[B, ...] -> [A, B/A, ...]``: micro-batch ``i`` takes rows ``i::A`` so each one stays spread over all
+        batch shards."""
+        accum = self.config.grad_accum_steps
+
+        def split(x: jax.Array) -> jax.Array:
+            x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+            names = (None, "batch") + (None,) * (x.ndim - 2)
+            spec = parallel.logical_to_mesh_spec(names, x.shape, self.mesh, self.rules)
+            return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+        return {k: split(v) for k, v in batch.items()}
+
+    def _step(self, state: ts.TrainState, batch: dict[str, jax.Array]) -> tuple[ts.TrainState, dict[str, jax.Array]]:
+        task, config = self.task, self.config
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def micro_step(grad_sum, xs):
+            micro, index = xs
+            pre_rng, loss_rng = jax.random.split(jax.random.fold_in(rng, index))
+            inputs = task.preprocess(state.params(), micro, pre_rng)
+            loss_fn = lambda trainable: task.loss(ts.merge(trainable, state.frozen), inputs, loss_rng)  # noqa: E731
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+            return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics)
+
+        accum = config.grad_accum_steps
+        zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+        grads, (losses, task_metrics) = jax.lax.scan(micro_step, zeros, (self._micro_batches(batch),
+                                                                           jnp.arange(accum)))
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        loss = jnp.mean(losses)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        applied = state.step - state.skipped  # optimizer updates so far (what optax's schedule count sees)
+        ema = state.ema
+        if state.ema:
+            ema = ts.ema_update(state.ema, trainable, ts.ema_decay(config.ema.decay, config.ema.warmup, applied))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = state.replace(
+            step=state.step + 1, trainable=keep(trainable, state.trainable), opt_state=keep(opt_state, state.opt_state),
+            ema=keep(ema, state.ema), skipped=state.skipped + (~finite).astype(jnp.int32))
+
+        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped_steps": new_state.skipped,
+                   "nonfinite": (~finite).astype(jnp.float32),
+                   **{k: jnp.mean(v) for k, v in task_metrics.items()}}
+        for label, schedule in self.schedules.items():
+            metrics["lr" if len(self.schedules) == 1 else f"lr/{label}"] = schedule(applied)
+        return new_state, metrics
+
+
+def build_trainer(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None) -> Trainer:
+    """Mesh (over ``devices``, default all), task, optimizer and state shardings for ``config``."""
+    mesh = parallel.create_mesh(config.mesh, devices)
+    rules = parallel.validate_rules(config.sharding_rules)
+    shards = parallel.batch_axis_size(mesh, rules)
+    micro = config.batch_size // config.grad_accum_steps
+    if micro % shards:
+        raise ValueError(f"config.batch_size / config.grad_accum_steps = {micro} clips per micro-batch must be a "
+                         f"multiple of the {shards} batch shards of config.mesh {dict(mesh.shape)}")
+    task = get_task_class(config.task)(config)
+    shapes, specs = task.abstract_params()
+    param_shardings = parallel.tree_shardings(specs, shapes, mesh, rules)
+    labels = task.param_labels(shapes)
+    groups = task.optimizer_groups()
+    unknown = sorted({label for label in labels.values() if label != ts.FROZEN} - set(groups))
+    if unknown:
+        raise ValueError(f"task {config.task!r} labels parameters {unknown} but has no optimizer group for them")
+    for label, opt in groups.items():
+        validate_optimizer(opt, field="optimizer" if opt is config.optimizer else f"optimizer ({label})")
+    trainable_labels = ts.unflatten({p: label for p, label in labels.items() if label != ts.FROZEN})
+    tx, schedules = ts.make_multi_optimizer(groups, trainable_labels, config.total_steps)
+
+    keep_ema = config.ema.decay > 0
+    abstract = jax.eval_shape(functools.partial(ts.state_from_params, labels=labels, tx=tx, keep_ema=keep_ema),
+                              shapes, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    trainable_sh, frozen_sh = ts.partition(param_shardings, labels)
+    state_shardings = ts.TrainState(
+        step=replicated, trainable=trainable_sh, frozen=frozen_sh,
+        opt_state=ts.opt_state_shardings(tx, abstract.opt_state, trainable_sh, replicated),
+        ema=trainable_sh if keep_ema else {}, rng=replicated, skipped=replicated)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                            state_shardings)
+    return Trainer(config=config, mesh=mesh, rules=rules, task=task, labels=labels, tx=tx, schedules=schedules,
+                   param_shardings=param_shardings, state_shardings=state_shardings, abstract_state=abstract)
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM (pre-emption notice) into "save now and stop" at an agreed step.
+
+    Multi-process runs use JAX's preemption sync point (every process stops at the same step); a single process
+    installs its own SIGTERM handler for the duration of the run.
+    """
+
+    def __init__(self):
+        self._synced = jax.process_count() > 1
+        self._received = False
+        self._previous = None if self._synced else signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        logging.warning("SIGTERM received: saving a checkpoint after this step and stopping")
+        self._received = True
+
+    def reached(self, step: int) -> bool:
+        if self._synced:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._received
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json())
+
+
+def _warn_config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        logging.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
+
+
+def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Mean of each metric over the logging interval (one device->host transfer)."""
+    host = jax.device_get(pending)
+    out = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    out["skipped_steps"] = float(host[-1]["skipped_steps"])  # a running count, not a rate
+    out["nonfinite"] = float(np.sum([m["nonfinite"] for m in host]))
+    return out
+
+
+def _write_samples(workdir: str, step: int, videos: np.ndarray, fps: float, writer: metrics_lib.MetricWriter
+                   ) -> None:
+    from vidrd_jax import media  # deferred: PyAV is only needed when samples are on
+
+    directory = os.path.join(workdir, SAMPLES_DIR)
+    os.makedirs(directory, exist_ok=True)
+    for i, video in enumerate(videos):
+        media.write_video(os.path.join(directory, f"step_{step:08d}_{i}.gif"), video, fps=fps)
+        writer.write_video_frames(step, f"samples/{i}", video)
+
+
+def make_data_iterator(config: ml_collections.ConfigDict, shard: parallel.DataShard) -> Iterator[dict[str, Any]]:
+    """This process's Grain iterator over its shard of the data (``config.data``)."""
+    import data_pipelines  # deferred: keeps ``import vidrd_jax.train`` light
+
+    return data_pipelines.make_iterator(config.data, batch_size=shard.local_batch, process_index=shard.index,
+                                        process_count=shard.count, seed=config.seed)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
+    """Trains until ``config.total_steps`` (or SIGTERM), resuming from ``workdir`` 's latest checkpoint."""
+    validate_config(config)
+    process_index, _ = parallel.initialize_distributed(config.distributed)
+    workdir = os.path.abspath(workdir)
+    trainer = build_trainer(config)
+    task = trainer.task
+    shard = trainer.data_shard()
+    iterator = make_data_iterator(config, shard)
+    ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.checkpoint.keep,
+                                         async_save=config.checkpoint.async_save)
+    config_json = _config_json(config)
+    writer = metrics_lib.MetricWriter(workdir, enabled=process_index == 0)
+    watcher = PreemptionWatcher()
+    try:
+        with parallel.activation_rules_context(trainer.mesh, trainer.rules):
+            latest = ckpt.latest_step()
+            if latest is None:
+                state = trainer.init_state()
+                logging.info("initialised a new run in %s", workdir)
+            else:
+                state, saved_config = ckpt.restore(latest, trainer.abstract_state, iterator)
+                _warn_config_changes(saved_config, config_json)
+                logging.info("resumed from %s at step %d", ckpt.directory, latest)
+            state = _train_loop(trainer, state, iterator, ckpt, writer, watcher, workdir, config_json)
+        ckpt.wait()
+    finally:
+        watcher.close()
+        ckpt.close()
+        writer.close()
+    return state
+
+
+def _train_loop(trainer: Trainer, state: ts.TrainState, iterator: Iterator, ckpt: checkpoints.TrainCheckpointer,
+                writer: metrics_lib.MetricWriter, watcher: PreemptionWatcher, workdir: str,
+                config_json: dict[str, Any]) -> ts.TrainState:
+    from tqdm import tqdm  # deferred: only the loop needs it
+
+    config, task = trainer.config, trainer.task
+    step = int(jax.device_get(state.step))
+    progress = tqdm(total=config.total_steps, initial=step, disable=not (config.progress_bar and
+                                                                           jax.process_index() == 0),
+                    desc="train", dynamic_ncols=True)
+    step_fn, pending, interval_start, interval_steps, first = None, [], time.perf_counter(), 0, True
+    sample_every = config.sample.every_steps if "sample" in config else 0
+    while step < config.total_steps:
+        host = task.host_batch(next(iterator))
+        batch = trainer.global_batch(host)
+        if step_fn is None:
+            step_fn = trainer.make_step({k: v.sharding for k, v in batch.items()})
+        state, step_metrics = step_fn(state, batch)
+        step += 1
+        pending.append(step_metrics)
+        interval_steps += 1
+        progress.update(1)
+        if first:  # exclude compilation from the throughput numbers
+            jax.block_until_ready(step_metrics)
+            first, interval_start, interval_steps = False, time.perf_counter(), 0
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+            scalars = _mean_metrics(pending)
+            if interval_steps:
+                elapsed = time.perf_counter() - interval_start
+                scalars.update(steps_per_sec=interval_steps / elapsed,
+                               clips_per_sec=interval_steps * config.batch_size / elapsed)
+            if scalars["nonfinite"]:
+                logging.warning("step %d: %d non-finite step(s) skipped in this interval", step, scalars["nonfinite"])
+            writer.write_scalars(step, scalars)
+            writer.flush()
+            progress.set_postfix(loss=f"{scalars['loss']:.4f}")
+            pending, interval_start, interval_steps = [], time.perf_counter(), 0
+        preempted = watcher.reached(step)
+        if step % config.checkpoint.every_steps == 0 or step == config.total_steps or preempted:
+            ckpt.save(step, state, iterator, config_json)
+        if sample_every and step % sample_every == 0:
+            videos = task.sample(state.params(use_ema=True), jax.random.PRNGKey(config.seed + step))
+            if videos is not None:
+                videos = np.asarray(multihost_utils.process_allgather(videos, tiled=True))
+                if jax.process_index() == 0:
+                    _write_samples(workdir, step, videos, config.sample.fps, writer)
+        if preempted:
+            logging.warning("stopping at step %d after the pre-emption checkpoint", step)
+            break
+    progress.close()
+    return state
+
+
+def main() -> None:
+    """Command-line entry point (flags are defined here so that importing this module defines none)."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).",
+                                                  lock_config=True)
+    workdir_flag = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        train_and_evaluate(config_flag.value, workdir_flag.value)
+
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()
