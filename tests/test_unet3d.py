@@ -37,14 +37,13 @@ SD21_UNET_CONFIG = {  # SD-2.1(-base) unet/config.json (architecture fields)
 
 def _randomize(tree, seed, scale=0.05, where=lambda path: True):
     """Replaces the leaves selected by ``where(torch_key)`` with N(0, scale²) (norm scales: 1 + N(0, scale²))."""
-    flat = naming.flatten_params(tree)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
+    rs = np.random.RandomState(seed)
     out = {}
-    for key, (path, leaf) in zip(keys, flat.items()):
+    for path, leaf in naming.flatten_params(tree).items():
         if not where(naming.flax_path_to_torch_key(path)):
             out[path] = leaf
             continue
-        noise = scale * jax.random.normal(key, leaf.shape, jnp.float32)
+        noise = (scale * rs.randn(*leaf.shape)).astype(np.float32)
         out[path] = (1.0 + noise) if path[-1] == "scale" else noise
     return naming.unflatten_params(out)
 

@@ -38,12 +38,11 @@ def _is_temporal(torch_key):
 
 
 def _randomize_temporal(params, seed, scale=0.2):
-    flat = naming.flatten_params(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
+    rs = np.random.RandomState(seed)
     out = {}
-    for key, (path, leaf) in zip(keys, flat.items()):
+    for path, leaf in naming.flatten_params(params).items():
         if _is_temporal(naming.flax_path_to_torch_key(path)):
-            noise = scale * jax.random.normal(key, leaf.shape, jnp.float32)
+            noise = (scale * rs.randn(*leaf.shape)).astype(np.float32)
             leaf = 1.0 + noise if path[-1] == "scale" else noise
         out[path] = leaf
     return naming.unflatten_params(out)

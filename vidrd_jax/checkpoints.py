@@ -117,12 +117,16 @@ class TrainCheckpointer:
     :meth:`latest_step` and never restored; leftovers are deleted when the next run opens the directory.
     """
 
-    def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 1, async_save: bool = True, read_only: bool = False):
         import grain  # deferred: only training needs it
 
         self.directory = os.path.abspath(directory)
         self._grain = grain
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        if read_only and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"no training checkpoints in {self.directory!r}")
+        # read_only (export, evaluation): never deletes anything, e.g. the temporary directory of a running save.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                               cleanup_tmp_directories=not read_only,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=(STATE_ITEM, DATA_ITEM, CONFIG_ITEM))

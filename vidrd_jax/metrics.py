@@ -1,7 +1,8 @@
 """Training metrics: TensorBoard event files (tensorboardX) and a JSON-lines file, written by process 0 only.
 
 ``WORKDIR/metrics.jsonl`` gets one object per logged step: ``{"step": int, "<name>": float, ...}``; the event files go
-to ``WORKDIR/tensorboard/``. Both are appended to across restarts.
+to ``WORKDIR/tensorboard/``. Both are appended to across restarts (steps after the restored checkpoint are logged
+again by the restarted run).
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ class MetricWriter:
             from tensorboardX import SummaryWriter  # deferred: heavy import, only process 0 needs it
             os.makedirs(workdir, exist_ok=True)
             self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
-            self._jsonl = open(os.path.join(workdir, JSONL_FILE), "a")
+            path = os.path.join(workdir, JSONL_FILE)
+            self._jsonl = open(path, "a")
+            if self._jsonl.tell() and not _ends_with_newline(path):  # a killed run left half a line
+                self._jsonl.write("\n")
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Writes ``scalars`` at ``step``; non-finite values are kept in JSONL as ``null`` (JSON has no NaN)."""
@@ -58,7 +62,20 @@ class MetricWriter:
             self.enabled = False
 
 
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def read_jsonl(workdir: str) -> list[dict]:
-    """All records of ``WORKDIR/metrics.jsonl`` in file order."""
+    """All complete records of ``WORKDIR/metrics.jsonl`` in file order (a line cut short by a killed run is left
+    out). After a restart, the steps since the restored checkpoint appear twice; the later record is the live one."""
+    records = []
     with open(os.path.join(workdir, JSONL_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

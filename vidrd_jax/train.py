@@ -23,6 +23,7 @@ import signal
 import time
 from typing import Any, Callable, Iterator, Mapping
 
+import data_pipelines
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -55,6 +56,7 @@ class Trainer:
     labels: dict[str, str]
     tx: optax.GradientTransformation
     schedules: dict[str, optax.Schedule]
+    abstract_params: Any  # ShapeDtypeStructs of all parameters
     param_shardings: Any
     state_shardings: ts.TrainState
     abstract_state: ts.TrainState  # ShapeDtypeStructs carrying the shardings (restore target)
@@ -77,18 +79,24 @@ class Trainer:
         return parallel.host_to_global(host, shardings, b)
 
     def init_state(self) -> ts.TrainState:
-        """Step-0 state, created sharded: fresh init (+ the task's pretrained checkpoint), optimizer state, EMA."""
+        """Step-0 state, created sharded: the task's pretrained checkpoint and/or a fresh init (only run when some
+        parameter is not in the checkpoint), then optimizer state and EMA."""
         init_rng, state_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
-        params = jax.jit(self.task.init_params, out_shardings=self.param_shardings)(init_rng)
+        # On CPU, unoptimised code generation compiles the (run-once) init program several times faster.
+        options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+        fresh = lambda: jax.jit(self.task.init_params, out_shardings=self.param_shardings,  # noqa: E731
+                                compiler_options=options)(init_rng)
         pretrained = self.task.pretrained()
-        if pretrained is not None:
+        if pretrained is None:
+            params = fresh()
+        else:
             directory, allow_missing = pretrained
             target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                  params, self.param_shardings)
+                                  self.abstract_params, self.param_shardings)
             loaded, missing = checkpoints.load_pretrained_params(directory, target, allow_missing)
             logging.info("loaded %d tensors from %s; %d keep their fresh init (allow_missing=%r)",
                          len(loaded), directory, len(missing), allow_missing)
-            params = ts.unflatten({**ts.flatten(params), **loaded})
+            params = ts.unflatten({**ts.flatten(fresh()), **loaded} if missing else loaded)
         make = functools.partial(ts.state_from_params, labels=self.labels, tx=self.tx,
                                  keep_ema=self.config.ema.decay > 0)
         return jax.jit(make, out_shardings=self.state_shardings, donate_argnums=0)(params, rng=state_rng)
@@ -116,19 +124,25 @@ class Trainer:
         task, config = self.task, self.config
         rng = jax.random.fold_in(state.rng, state.step)
 
-        def micro_step(grad_sum, xs):
-            micro, index = xs
+        def micro_grads(micro, index):
             pre_rng, loss_rng = jax.random.split(jax.random.fold_in(rng, index))
             inputs = task.preprocess(state.params(), micro, pre_rng)
             loss_fn = lambda trainable: task.loss(ts.merge(trainable, state.frozen), inputs, loss_rng)  # noqa: E731
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
-            return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics)
+            return grads, (loss, metrics)
+
+        def accumulate(grad_sum, xs):
+            grads, aux = micro_grads(*xs)
+            return jax.tree.map(jnp.add, grad_sum, grads), aux
 
         accum = config.grad_accum_steps
-        zeros = jax.tree.map(jnp.zeros_like, state.trainable)
-        grads, (losses, task_metrics) = jax.lax.scan(micro_step, zeros, (self._micro_batches(batch),
-                                                                           jnp.arange(accum)))
-        grads = jax.tree.map(lambda g: g / accum, grads)
+        if accum == 1:  # no loop: XLA (CPU especially) runs a while-loop body markedly slower
+            grads, (losses, task_metrics) = micro_grads(batch, 0)
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+            grads, (losses, task_metrics) = jax.lax.scan(accumulate, zeros, (self._micro_batches(batch),
+                                                                               jnp.arange(accum)))
+            grads = jax.tree.map(lambda g: g / accum, grads)
         loss = jnp.mean(losses)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -186,7 +200,8 @@ def build_trainer(config: ml_collections.ConfigDict, devices: list[jax.Device] |
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
                             state_shardings)
     return Trainer(config=config, mesh=mesh, rules=rules, task=task, labels=labels, tx=tx, schedules=schedules,
-                   param_shardings=param_shardings, state_shardings=state_shardings, abstract_state=abstract)
+                   abstract_params=shapes, param_shardings=param_shardings, state_shardings=state_shardings,
+                   abstract_state=abstract)
 
 
 class PreemptionWatcher:
@@ -236,6 +251,22 @@ def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
     return out
 
 
+def _data_scalars(iterator: Any) -> dict[str, float]:
+    """Clips decoded / skipped (unreadable, too short, ...) so far per source, summed over processes.
+
+    The per-reason breakdown is logged by the data pipeline as skips happen.
+    """
+    stats = iterator.stats()
+    local = {f"data/decoded/{name}": n for name, n in stats["decoded"].items()}
+    local.update({f"data/skipped/{name}": sum(r.values()) for name, r in stats["skipped"].items()})
+    local["data/skipped_total"] = stats["total_skipped"]
+    keys = sorted(local)  # the same on every process: one entry per configured source
+    values = np.asarray([local[k] for k in keys], np.int64)
+    if jax.process_count() > 1:
+        values = np.asarray(multihost_utils.process_allgather(values)).reshape(-1, len(keys)).sum(0)
+    return {k: float(v) for k, v in zip(keys, values)}
+
+
 def _write_samples(workdir: str, step: int, videos: np.ndarray, fps: float, writer: metrics_lib.MetricWriter
                    ) -> None:
     from vidrd_jax import media  # deferred: PyAV is only needed when samples are on
@@ -249,8 +280,6 @@ def _write_samples(workdir: str, step: int, videos: np.ndarray, fps: float, writ
 
 def make_data_iterator(config: ml_collections.ConfigDict, shard: parallel.DataShard) -> Iterator[dict[str, Any]]:
     """This process's Grain iterator over its shard of the data (``config.data``)."""
-    import data_pipelines  # deferred: keeps ``import vidrd_jax.train`` light
-
     return data_pipelines.make_iterator(config.data, batch_size=shard.local_batch, process_index=shard.index,
                                         process_count=shard.count, seed=config.seed)
 
@@ -258,6 +287,9 @@ def make_data_iterator(config: ml_collections.ConfigDict, shard: parallel.DataSh
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
     """Trains until ``config.total_steps`` (or SIGTERM), resuming from ``workdir`` 's latest checkpoint."""
     validate_config(config)
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     process_index, _ = parallel.initialize_distributed(config.distributed)
     workdir = os.path.abspath(workdir)
     trainer = build_trainer(config)
@@ -282,6 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
             state = _train_loop(trainer, state, iterator, ckpt, writer, watcher, workdir, config_json)
         ckpt.wait()
     finally:
+        iterator.close()
         watcher.close()
         ckpt.close()
         writer.close()
@@ -321,6 +354,7 @@ def _train_loop(trainer: Trainer, state: ts.TrainState, iterator: Iterator, ckpt
                                clips_per_sec=interval_steps * config.batch_size / elapsed)
             if scalars["nonfinite"]:
                 logging.warning("step %d: %d non-finite step(s) skipped in this interval", step, scalars["nonfinite"])
+            scalars.update(_data_scalars(iterator))
             writer.write_scalars(step, scalars)
             writer.flush()
             progress.set_postfix(loss=f"{scalars['loss']:.4f}")

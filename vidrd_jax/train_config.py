@@ -4,7 +4,8 @@ Config files (``configs/*.py``) start from ``base_config(task)`` and override fi
 misspelt ``--config.a.b=v`` override is an error. Fields:
 
 * ``task`` (str), ``seed`` (int), ``total_steps``, ``batch_size`` (global clips per optimizer step),
-  ``grad_accum_steps`` (micro-batches per step, ``lax.scan``), ``log_every_steps``, ``progress_bar``.
+  ``grad_accum_steps`` (micro-batches per step, ``lax.scan``), ``log_every_steps``, ``progress_bar``,
+  ``compilation_cache_dir`` (JAX persistent compilation cache, "" = off).
 * ``mesh``: ``{data, fsdp, tensor}`` sizes, one may be -1; ``sharding_rules``: logical -> mesh axes
   (``vidrd_jax.parallel.rules``); ``distributed``: ``vidrd_jax.parallel.multihost.initialize_distributed``.
 * ``optimizer``: AdamW + schedule (``train_state.make_optimizer``); ``ema``: ``decay`` (0 = no EMA), ``warmup``.
@@ -14,6 +15,7 @@ misspelt ``--config.a.b=v`` override is an error. Fields:
 """
 from __future__ import annotations
 
+import data_pipelines
 import ml_collections
 
 from vidrd_jax import parallel
@@ -23,8 +25,6 @@ from vidrd_jax.train_state import SCHEDULES
 
 def base_config(task: str = "denoising") -> ml_collections.ConfigDict:
     """Defaults for every trainer field plus ``task`` 's fields (unlocked; config files lock nothing themselves)."""
-    import data_pipelines.config  # deferred: the data package is only needed when a config is built
-
     c = ml_collections.ConfigDict()
     c.task = task
     c.seed = 0
@@ -33,6 +33,7 @@ def base_config(task: str = "denoising") -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1
     c.log_every_steps = 50
     c.progress_bar = True
+    c.compilation_cache_dir = ""  # persistent XLA cache: restarts (pre-emption) skip compilation; "" = off
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.sharding_rules = parallel.DEFAULT_RULES
     c.distributed = ml_collections.ConfigDict(dict(
@@ -43,7 +44,7 @@ def base_config(task: str = "denoising") -> ml_collections.ConfigDict:
         weight_decay=1e-2, max_grad_norm=1.0))
     c.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-    c.data = data_pipelines.config.get_default_config()
+    c.data = data_pipelines.get_default_config()
     for key, value in get_task_class(task).config_defaults().items():
         c[key] = value
     return c
@@ -70,7 +71,8 @@ def validate_optimizer(opt: ml_collections.ConfigDict, field: str = "optimizer")
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Start-up checks; every error names the config field. Mesh-dependent checks run in ``train.build_trainer``."""
     for name in ("total_steps", "batch_size", "grad_accum_steps", "log_every_steps"):
-        _check(isinstance(config[name], int) and config[name] > 0, name, f"must be a positive int, got {config[name]!r}")
+        value = config[name]
+        _check(isinstance(value, int) and value > 0, name, f"must be a positive int, got {value!r}")
     _check(config.batch_size % config.grad_accum_steps == 0, "grad_accum_steps",
            f"must divide batch_size={config.batch_size}, got {config.grad_accum_steps}")
     parallel.validate_rules(config.sharding_rules)
@@ -79,4 +81,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check(config.checkpoint.every_steps > 0, "checkpoint.every_steps",
            f"must be > 0, got {config.checkpoint.every_steps}")
     _check(config.checkpoint.keep > 0, "checkpoint.keep", f"must be > 0, got {config.checkpoint.keep}")
+    try:
+        data_pipelines.validate_config(config.data)
+    except ValueError as e:  # its messages start with the field name
+        raise ValueError(f"config.data.{e}") from e
     get_task_class(config.task).validate_config(config)

@@ -151,9 +151,13 @@ def ema_update(ema: Params, params: Params, decay: jax.Array) -> Params:
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any, param_shardings: Any,
                         replicated: Any) -> Any:
-    """Sharding tree for an optimizer state: parameter-shaped parts follow the parameters; the rest is replicated."""
-    return optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
-                                 transform_non_params=lambda _: replicated)
+    """Sharding tree for an optimizer state: parameter-shaped parts follow the parameters; the rest is replicated.
+
+    Parameters outside a label's group appear as ``optax.MaskedNode`` (no state) in ``multi_transform`` states.
+    """
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    return optax.tree_map_params(tx, lambda leaf, sharding: leaf if masked(leaf) else sharding, abstract_opt_state,
+                                 param_shardings, transform_non_params=lambda _: replicated, is_leaf=masked)
 
 
 def state_from_params(params: Params, labels: Mapping[str, str], tx: optax.GradientTransformation, rng: jax.Array,

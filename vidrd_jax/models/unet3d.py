@@ -103,9 +103,11 @@ class UNet3DConfig:
             if not isinstance(channels, int) or channels <= 0 or channels % self.norm_num_groups:
                 fail("block_out_channels", f"entry {i} ({channels!r}) must be a positive multiple of "
                      f"norm_num_groups={self.norm_num_groups}")
-            if not isinstance(heads, int) or heads <= 0 or channels % heads or (channels // heads) % 2:
-                fail("num_attention_heads", f"entry {i} ({heads!r}) must divide {channels} channels into "
-                     "heads of even size")
+            if not isinstance(heads, int) or heads <= 0 or channels % heads:
+                fail("num_attention_heads", f"entry {i} ({heads!r}) must be a positive divisor of {channels}")
+            if self.use_temporal and self.temporal_position_embedding != "none" and channels % 2:
+                fail("block_out_channels", f"entry {i} ({channels}) must be even for the sinusoidal frame "
+                     "position embedding")
         for t in self.down_block_types:
             if t not in DOWN_BLOCK_TYPES:
                 fail("down_block_types", f"unknown block {t!r}; expected one of {DOWN_BLOCK_TYPES}")

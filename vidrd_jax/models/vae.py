@@ -9,6 +9,7 @@ frames inner (``N = B·F``).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -298,8 +299,9 @@ class AutoencoderKL(nn.Module):
         cfg = self.config
         if z.ndim != 4 or z.shape[-1] != cfg.latent_channels:
             raise ValueError(f"decode: z must be [N, h, w, {cfg.latent_channels}], got {z.shape}")
-        if not isinstance(num_frames, int) or num_frames < 1 or z.shape[0] % num_frames:
+        if not isinstance(num_frames, numbers.Integral) or num_frames < 1 or z.shape[0] % num_frames:
             raise ValueError(f"decode: num_frames={num_frames!r} must be a positive int dividing N={z.shape[0]}")
+        num_frames = int(num_frames)
         h = self.post_quant_conv(z.astype(cfg.compute_dtype))
         return self.decoder(h, num_frames, deterministic).astype(jnp.float32)
 

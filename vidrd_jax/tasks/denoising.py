@@ -14,9 +14,11 @@ Caption dropout for classifier-free guidance happens in the data pipeline (empty
 from __future__ import annotations
 
 import functools
+import os
 import re
 from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -42,6 +44,7 @@ def _model_config(kind: str, base: Mapping[str, Any] | None, preset: str, overri
     """A model config: the checkpoint's (``base``) or the ``preset`` 's, with ``overrides`` applied."""
     cls = factory.CONFIG_CLASSES[kind]
     fields = dict(base[kind]) if base is not None else getattr(cls, preset)().to_dict()
+    fields["param_dtype"] = "float32"  # fp32 master weights (a bf16 export used as init_from is cast up)
     fields.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.to_dict().items()})
     try:
         return cls.from_dict(fields)
@@ -110,12 +113,21 @@ class DenoisingTask(Task):
         schedule = NoiseSchedule.from_diffusers(base["scheduler"]) if base else NoiseSchedule.sd21_base()
         overrides = m.scheduler.to_dict()
         self.schedule = NoiseSchedule.from_diffusers({**schedule.to_dict(), **overrides}) if overrides else schedule
-        self.tokenizer_path = m.tokenizer or (base or {}).get("tokenizer") or None
+        tokenizer = m.tokenizer or (base or {}).get("tokenizer") or None
+        if tokenizer and base is not None and not m.tokenizer and not os.path.isabs(tokenizer):
+            tokenizer = os.path.join(m.init_from, tokenizer)  # converted checkpoints carry their tokenizer folder
+        self.tokenizer_path = tokenizer
         self.tokenizer = load_tokenizer(self.tokenizer_path)
         self.models = {kind: factory.build(kind, cfg) for kind, cfg in self.model_configs.items()}
         vae_cfg = self.model_configs["vae"]
         self.scaling_factor = float(vae_cfg.scaling_factor)
         self.vae_factor = 2 ** (len(vae_cfg.block_out_channels) - 1)
+        if config.sample.every_steps:
+            multiple = self.vae_factor * 2 ** (len(self.model_configs["unet"].block_out_channels) - 1)
+            for name in ("height", "width"):
+                if config.sample[name] % multiple:
+                    raise ValueError(f"config.sample.{name} must be a multiple of {multiple} (VAE x UNet "
+                                     f"downsampling), got {config.sample[name]}")
 
     # --- parameters -------------------------------------------------------------------------------------------
     def abstract_params(self) -> tuple[Params, Params]:
@@ -125,7 +137,8 @@ class DenoisingTask(Task):
 
     def init_params(self, rng: jax.Array) -> Params:
         keys = dict(zip(MODELS, jax.random.split(rng, len(MODELS))))
-        return {k: factory.init_params(k, c, keys[k]) for k, c in self.model_configs.items()}
+        # factory._init_fn is the traceable init (factory.init_params jits it on its own, which cannot nest).
+        return {k: nn.meta.unbox(factory._init_fn(k, c)(keys[k])["params"]) for k, c in self.model_configs.items()}
 
     def pretrained(self) -> tuple[str, str] | None:
         m = self.config.model

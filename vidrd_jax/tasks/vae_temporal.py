@@ -27,7 +27,8 @@ update (a first-order surrogate ``Σ g·(x̂ − sg(x̂))``, whose value is 0 an
 
 Evaluation (:meth:`VAETemporalTask.evaluate`, also run by the periodic sample hook): PSNR / SSIM per frame and
 temporal flicker (:mod:`vidrd_jax.video_metrics`) of the image decoder (``num_frames=1``: the decoder *before*
-fine-tuning, since fresh Temp-Convs are the identity) and of the temporal decoder, on fixed clips of ``config.data``.
+fine-tuning, since fresh Temp-Convs are the identity) and of the temporal decoder, on fixed clips of ``config.data``,
+decoding the posterior mean and a per-frame posterior sample.
 """
 from __future__ import annotations
 
@@ -224,7 +225,9 @@ class VAETemporalTask(Task):
 
     def init_params(self, rng: jax.Array) -> Params:
         vae_rng, disc_rng = jax.random.split(rng)
-        params = {"vae": factory.init_params("vae", self.vae_config, vae_rng),
+        cfg = self.vae_config
+        pixels = jnp.zeros((2, self.vae_factor, self.vae_factor, cfg.in_channels), jnp.float32)
+        params = {"vae": nn.meta.unbox(self.vae.init(vae_rng, pixels, num_frames=2)["params"]),
                   "discriminator": nn.meta.unbox(self._disc_init(disc_rng))}
         if self.lpips_params is not None:
             params["lpips"] = jax.tree.map(jnp.asarray, self.lpips_params)
@@ -317,6 +320,13 @@ class VAETemporalTask(Task):
         always on, which is only allowed for ``disc_start == 0``.
         """
         cfg = self.config.loss
+        if step is None:
+            if cfg.disc_start > 0:
+                raise ValueError(f"config.loss.disc_start={cfg.disc_start} needs the global step, but the trainer "
+                                 "called Task.loss without `step`")
+            disc_factor = jnp.ones((), jnp.float32)
+        else:
+            disc_factor = (step >= cfg.disc_start).astype(jnp.float32)
         sg = jax.lax.stop_gradient
         video, z = inputs["video"], inputs["z"]
         num_frames = video.shape[1]
@@ -338,13 +348,6 @@ class VAETemporalTask(Task):
             d_weight = cfg.disc_weight * adaptive_weight(w_nll, w_g, cfg.max_adaptive_weight)
         else:
             d_weight = jnp.asarray(cfg.disc_weight, jnp.float32)
-        if step is None:
-            if cfg.disc_start > 0:
-                raise ValueError(f"config.loss.disc_start={cfg.disc_start} needs the global step, but the trainer "
-                                 "called Task.loss without `step`")
-            disc_factor = jnp.ones((), jnp.float32)
-        else:
-            disc_factor = (step >= cfg.disc_start).astype(jnp.float32)
         g_scale = sg(d_weight * disc_factor)
 
         # Decoder: value of eq. 9, gradient through x̂ = grad_nll + λ·α_disc·grad_g (first-order surrogate).
@@ -366,15 +369,20 @@ class VAETemporalTask(Task):
     # --- evaluation / outputs -----------------------------------------------------------------------------------
     @functools.cached_property
     def _eval_fn(self):
-        def run(params, video):
-            mean, _ = self.encode(params, video)
-            b, f = video.shape[:2]
-            image = self.vae.apply({"params": params["vae"]}, mean, num_frames=1, method="decode")
-            temporal = self.vae.apply({"params": params["vae"]}, mean, num_frames=f, method="decode")
-            image, temporal = image.reshape(video.shape), temporal.reshape(video.shape)
-            metrics = {f"{name}/{k}": v for name, recon in (("image_decoder", image), ("temporal_decoder", temporal))
-                       for k, v in video_metrics.reconstruction_metrics(video, recon).items()}
-            return metrics, jnp.concatenate([_to_uint8(video), _to_uint8(image), _to_uint8(temporal)], axis=3)
+        def run(params, video, rng):
+            mean, logvar = self.encode(params, video)
+            sampled = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+            f = video.shape[1]
+            metrics, previews = {}, [_to_uint8(video)]
+            for latents, z in (("mean", mean), ("sample", sampled)):
+                for decoder, num_frames in (("image_decoder", 1), ("temporal_decoder", f)):
+                    recon = self.vae.apply({"params": params["vae"]}, z, num_frames=num_frames, method="decode")
+                    recon = recon.reshape(video.shape)
+                    for k, v in video_metrics.reconstruction_metrics(video, recon).items():
+                        metrics[f"{latents}/{decoder}/{k}"] = v
+                    if latents == "mean":
+                        previews.append(_to_uint8(recon))
+            return metrics, jnp.concatenate(previews, axis=3)
 
         return jax.jit(run)
 
@@ -390,20 +398,27 @@ class VAETemporalTask(Task):
     def evaluate(self, params: Params, clips: list[np.ndarray] | None = None) -> dict[str, float]:
         """PSNR / SSIM / flicker of the image decoder (before fine-tuning) and the temporal decoder (after).
 
-        ``clips`` default to :attr:`eval_clips`. Keys ``image_decoder/{psnr,ssim,flicker}``,
-        ``temporal_decoder/{…}`` and ``delta/{…}`` (temporal − image).
+        Both decode the posterior mean (``mean/…``: plain reconstruction) and a posterior sample drawn independently
+        per frame (``sample/…``: latents that disagree slightly from frame to frame, as generated ones do; fixed
+        noise from ``sample.seed``). Keys ``{mean,sample}/{image_decoder,temporal_decoder,delta}/{psnr,ssim,flicker}``
+        (delta = temporal − image). ``clips`` default to :attr:`eval_clips`.
         """
-        results = [self._eval_fn(params, jnp.asarray(c))[0] for c in (clips or self.eval_clips)]
-        out = {k: float(np.mean([jax.device_get(r[k]) for r in results])) for k in results[0]}
-        for k in ("psnr", "ssim", "flicker"):
-            out[f"delta/{k}"] = out[f"temporal_decoder/{k}"] - out[f"image_decoder/{k}"]
+        rng = jax.random.key(self.config.sample.seed)
+        results = [jax.device_get(self._eval_fn(params, jnp.asarray(c), jax.random.fold_in(rng, i))[0])
+                   for i, c in enumerate(clips or self.eval_clips)]
+        out = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+        for latents in ("mean", "sample"):
+            for k in ("psnr", "ssim", "flicker"):
+                out[f"{latents}/delta/{k}"] = (out[f"{latents}/temporal_decoder/{k}"]
+                                               - out[f"{latents}/image_decoder/{k}"])
         return out
 
     def sample(self, params: Params, rng: jax.Array) -> jax.Array:
         """Logs :meth:`evaluate` 's metrics and returns ``[input | image decoder | temporal decoder]`` previews."""
         metrics = self.evaluate(params)
         logging.info("reconstruction metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-        _, previews = self._eval_fn(params, jnp.asarray(self.eval_clips[0]))
+        rng = jax.random.key(self.config.sample.seed)
+        _, previews = self._eval_fn(params, jnp.asarray(self.eval_clips[0]), rng)
         return previews[: self.config.sample.num_previews]
 
     def export(self, params: Params, dtype: str) -> tuple[Params, dict[str, Any]]:

@@ -1,0 +1,286 @@
+"""Temporal decoder fine-tuning (paper §4.4, eq. 9) end to end on the built-in data with a small VAE.
+
+The module pre-trains a small KL autoencoder (channels (8, 16), 16x16 pixels, clips of 8 keyframes) for reconstruction,
+saves it as a VAE-only inference checkpoint, fine-tunes its Temp-Convs with the trainer
+(``configs/vae_temporal.py:demo``, 8 fake devices) and evaluates before/after once; the tests share that run.
+"""
+import importlib.util
+import logging
+import types
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+import skimage.metrics
+
+import data_pipelines
+from vidrd_jax import checkpoints, export, train, train_config, video_metrics
+from vidrd_jax import metrics as metrics_lib
+from vidrd_jax import train_state as ts
+from vidrd_jax.convert import naming
+from vidrd_jax.models.vae import AutoencoderKL, VAEConfig
+from vidrd_jax.tasks import vae_temporal
+from vidrd_jax.tasks.vae_temporal import VAETemporalTask
+
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "vae_temporal.py"
+REFERENCE_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vidrd_temporal_vae_keys.tsv"
+PRETRAIN_STEPS = 150
+FINETUNE_STEPS = 80
+KL_WEIGHT = 1e-4  # keeps a visible posterior variance: per-frame samples then disagree like generated latents
+
+
+def load_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("vae_temporal_config", CONFIG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # also registers the task if vidrd_jax.tasks.TASKS does not list it yet
+    return module.get_config(arg)
+
+
+def pretrain_vae(vae_config: VAEConfig, data_config, steps: int, seed: int = 0):
+    """Frame-wise KL-autoencoder training (L1 + KL, posterior samples) of every 2-D parameter; Temp-Convs unused."""
+    model = AutoencoderKL(vae_config)
+    size = 2 ** (len(vae_config.block_out_channels) - 1)
+    params = nn.meta.unbox(jax.jit(lambda r: model.init(r, jnp.zeros((2, size, size, 3)), num_frames=2))(
+        jax.random.key(seed))["params"])
+    tx = optax.adam(optax.cosine_decay_schedule(1e-2, steps, 0.1))
+
+    @jax.jit
+    def step(params, opt_state, video, rng):
+        x = video.reshape((-1,) + video.shape[2:])
+
+        def loss_fn(p):
+            recon, mean, logvar = model.apply({"params": p}, x, sample_posterior=True, rng=rng)
+            return jnp.mean(jnp.abs(recon - x)) + KL_WEIGHT * jnp.mean(vae_temporal.kl_divergence(mean, logvar))
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state = tx.init(params)
+    iterator = data_pipelines.make_iterator(data_config, batch_size=4, seed=seed + 100)
+    for i in range(steps):
+        params, opt_state = step(params, opt_state, next(iterator)["video"], jax.random.key(i))
+    return jax.device_get(params)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae_temporal")
+    config = load_config("demo")
+    vae_config = VAEConfig.tiny(block_out_channels=(8, 16))
+    pretrained = pretrain_vae(vae_config, config.data, PRETRAIN_STEPS)
+    init_from = checkpoints.save_inference_checkpoint(str(root / "small_vae"), {"vae": pretrained},
+                                                      {"vae": vae_config.to_dict()})
+    config.model.init_from = init_from
+    config.total_steps = FINETUNE_STEPS
+    config.log_every_steps = 10
+    config.progress_bar = False
+    config.checkpoint.update(every_steps=FINETUNE_STEPS, async_save=False)
+    config.sample.every_steps = 0
+    task = VAETemporalTask(config)
+    before = task.evaluate({"vae": pretrained})
+    workdir = str(root / "run")
+    state = train.train_and_evaluate(config, workdir)
+    final = jax.device_get(state.params())
+    after = task.evaluate({"vae": final["vae"]})
+    print("\nbefore:", {k: round(v, 4) for k, v in before.items() if "image_decoder" in k})
+    print("after: ", {k: round(v, 4) for k, v in after.items() if "temporal_decoder" in k or "delta" in k})
+    return types.SimpleNamespace(config=config, task=task, pretrained=pretrained, before=before, after=after,
+                                 state=state, final=final, workdir=workdir, history=metrics_lib.read_jsonl(workdir),
+                                 root=root)
+
+
+def test_zero_initialised_temporal_decoder_is_the_image_decoder(run):
+    # Before fine-tuning, decoding clips (Temp-Convs active) equals decoding frame by frame, exactly.
+    for latents in ("mean", "sample"):
+        for metric in ("psnr", "ssim", "flicker"):
+            assert run.before[f"{latents}/delta/{metric}"] == 0.0
+    # Bitwise, on fresh parameters, also in training mode (dropout active before the zero conv).
+    vae = AutoencoderKL(run.task.vae_config)
+    z = jax.random.normal(jax.random.key(1), (8, 8, 8, 4))
+
+    @jax.jit
+    def decodes(params):
+        def decode(num_frames, deterministic):
+            return vae.apply({"params": params}, z, num_frames=num_frames, deterministic=deterministic,
+                             method="decode", rngs={"dropout": jax.random.key(2)})
+        return [(decode(4, det), decode(1, det)) for det in (True, False)]
+
+    for clip, frames in decodes(run.task.init_params(jax.random.key(3))["vae"]):
+        np.testing.assert_array_equal(clip, frames)
+    clip, frames = decodes(run.final["vae"])[0]
+    assert not np.array_equal(clip, frames)
+
+
+def test_only_temporal_decoder_parameters_change(run):
+    before, after = ts.flatten(run.pretrained), ts.flatten(run.final["vae"])
+    assert before.keys() == after.keys()
+    temporal = {p for p in before if "/temp_convs_" in p}
+    assert temporal and all(p.startswith("decoder/") for p in temporal)
+    for path in before:
+        if path in temporal:
+            assert not np.array_equal(before[path], after[path]), f"{path} did not train"
+        else:
+            assert before[path].dtype == after[path].dtype and np.array_equal(before[path], after[path]), path
+    assert run.history[-1]["skipped_steps"] == 0
+
+
+def test_discriminator_learns_to_tell_real_from_reconstructed_clips(run):
+    first, last = run.history[0], run.history[-1]
+    assert last["d_loss"] < first["d_loss"]
+    assert last["disc_accuracy"] >= 0.75, [h["disc_accuracy"] for h in run.history]
+    # Measured on the fixed evaluation clips (not trained on), against temporal-decoder reconstructions.
+    task, params = run.task, run.final
+
+    @jax.jit
+    def accuracy(params, video, rng):
+        mean, logvar = task.encode(params, video)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+        recon = task.vae.apply({"params": params["vae"]}, z, num_frames=video.shape[1], method="decode")
+        logits = task.discriminator.apply({"params": params["discriminator"]},
+                                          jnp.concatenate([video, recon.reshape(video.shape)]))
+        return vae_temporal.clip_accuracy(*jnp.split(logits, 2))
+
+    measured = np.mean([accuracy(params, jnp.asarray(c), jax.random.key(i)) for i, c in enumerate(task.eval_clips)])
+    print(f"discriminator clip accuracy on held-out clips: {measured:.3f}")
+    assert measured > 0.6
+
+
+def test_fine_tuning_lowers_flicker_without_losing_psnr(run):
+    before, after = run.before, run.after
+    # Per-frame posterior samples disagree between frames; the image decoder turns that into flicker.
+    assert after["sample/temporal_decoder/flicker"] < before["sample/image_decoder/flicker"] - 1e-3
+    for latents in ("mean", "sample"):
+        assert after[f"{latents}/temporal_decoder/psnr"] > before[f"{latents}/image_decoder/psnr"] - 0.5
+    # evaluate() reports the image decoder alongside the temporal one: the frozen 2-D path is unchanged.
+    for k, v in before.items():
+        if "image_decoder" in k:
+            assert after[k] == v
+
+
+def test_checkpoints_hold_both_players_and_export_loads_in_the_generator_tree(run, tmp_path):
+    config = run.config
+    trainer = train.build_trainer(config)
+    ckpt = checkpoints.TrainCheckpointer(str(Path(run.workdir) / train.CHECKPOINT_DIR), read_only=True)
+    try:
+        iterator = train.make_data_iterator(config, trainer.data_shard())
+        restored, _ = ckpt.restore(ckpt.latest_step(), trainer.abstract_state, iterator)
+    finally:
+        ckpt.close()
+    inner = restored.opt_state.inner_states
+    assert set(inner) == {vae_temporal.GENERATOR, vae_temporal.DISCRIMINATOR}
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored.opt_state)), jax.tree.leaves(jax.device_get(
+            run.state.opt_state))):
+        np.testing.assert_array_equal(a, b)
+
+    out = export.export(run.workdir, str(tmp_path / "exported"))
+    params, model_config = checkpoints.load_inference_checkpoint(out)
+    assert set(params) == {"vae"} and set(model_config) >= {"vae", "source"}
+    exported_vae = jax.tree.map(np.asarray, params["vae"])
+    jax.tree.map(np.testing.assert_array_equal, exported_vae, run.final["vae"])
+    vae_config = VAEConfig.from_dict(model_config["vae"])
+    assert vae_config == run.task.vae_config
+    # The generator's tree: the exported VAE evaluates exactly as the trained one.
+    assert run.task.evaluate({"vae": exported_vae}) == run.after
+    # Diffusers / VidRD-release key layout for the temporal layers.
+    reference = {line.split("\t")[0] for line in REFERENCE_KEYS.read_text().splitlines()[1:]}
+    keys = naming.params_to_state_dict({"decoder": exported_vae["decoder"]})
+    temporal = {f"{k}" for k in keys if ".temp_convs." in k}
+    assert temporal and temporal <= reference, sorted(temporal - reference)[:5]
+
+
+def test_adaptive_weight_gradient_and_disc_start(run):
+    config = ml_collections.ConfigDict(run.config.to_dict())
+    config.loss.disc_start = 3
+    task = VAETemporalTask(config)
+    params = run.final
+    video = jnp.asarray(task.eval_clips[0][:2])
+    inputs = task.preprocess(params, {"video": video}, jax.random.key(0))
+    labels = task.param_labels(params)
+    trainable, frozen = ts.partition(params, labels)
+    z = inputs["z"]
+    kernel = params["vae"]["decoder"]["conv_out"]["kernel"]
+
+    def with_kernel(k):
+        decoder = {**params["vae"]["decoder"], "conv_out": {**params["vae"]["decoder"]["conv_out"], "kernel": k}}
+        return {**params, "vae": {**params["vae"], "decoder": decoder}}
+
+    @jax.jit
+    def check(trainable, kernel):
+        loss_fn = lambda t, step: task.loss(ts.merge(t, frozen), inputs, jax.random.key(1), step=step)  # noqa: E731
+        grads = [jax.grad(loss_fn, has_aux=True)(trainable, jnp.int32(step)) for step in (0, 3)]
+        # The last-layer gradients behind LDM's adaptive weight vs autodiff through the decoder w.r.t. conv_out.
+        recon, last_input = task.decode(params, z, video.shape[1])
+        nll = lambda r: task.reconstruction_loss(params, video, r.reshape(video.shape))[0]  # noqa: E731
+        via_conv = vae_temporal.conv_kernel_grads(last_input, kernel, jax.grad(nll)(recon))[0]
+        autodiff = jax.grad(lambda k: nll(task.decode(with_kernel(k), z, video.shape[1])[0]))(kernel)
+        return grads, via_conv, autodiff
+
+    ((g0, m0), (g3, m3)), via_conv, autodiff = check(trainable, kernel)
+    assert float(m0["disc_factor"]) == 0.0 and float(m3["disc_factor"]) == 1.0
+    assert all(not np.any(x) for x in jax.tree.leaves(g0["discriminator"]))
+    assert any(np.any(x) for x in jax.tree.leaves(g3["discriminator"]))
+    np.testing.assert_allclose(via_conv, autodiff, rtol=1e-4, atol=1e-7)
+    assert float(jnp.max(jnp.abs(autodiff))) > 0
+    with pytest.raises(ValueError, match="disc_start"):
+        task.loss(params, inputs, jax.random.key(1))
+
+
+def test_sample_hook_logs_metrics_and_returns_previews(run, caplog):
+    with caplog.at_level(logging.INFO):
+        previews = run.task.sample({"vae": run.final["vae"]}, jax.random.key(0))
+    s = run.config.sample
+    h, w = run.config.data.resolution
+    assert previews.dtype == jnp.uint8 and previews.shape == (s.num_previews, run.config.data.num_frames, h, 3 * w, 3)
+    assert "sample/delta/flicker" in caplog.text and "mean/temporal_decoder/psnr" in caplog.text
+
+
+def test_config_errors_name_the_field(tmp_path):
+    def broken(**changes):
+        config = load_config("demo")
+        for path, value in changes.items():
+            node = config
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return config
+
+    cases = {("loss.disc_start", -1): "loss.disc_start", ("loss.disc_weight", -0.5): "loss.disc_weight",
+             ("model.discriminator.num_layers", 4): "discriminator", ("data.num_frames", 1): "data.num_frames",
+             ("loss.lpips_dir", str(tmp_path / "missing")): "loss.lpips_dir",
+             ("trainable_regex", "("): "trainable_regex"}
+    for (path, value), field in cases.items():
+        with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+            train_config.validate_config(broken(**{path: value}))
+    with pytest.raises(ValueError, match="trainable_regex"):
+        task = VAETemporalTask(broken(trainable_regex=r"^vae/encoder/"))
+        task.param_labels(task.abstract_params()[0])
+    train_config.validate_config(load_config("demo"))
+    train_config.validate_config(load_config(""))
+
+
+def test_video_metrics():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 3, 16, 16, 3)).astype(np.float32)
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), -1, 1).astype(np.float32)
+    ssim = np.asarray(video_metrics.ssim(jnp.asarray(x), jnp.asarray(y)))
+    expected = [[skimage.metrics.structural_similarity(x[b, f], y[b, f], gaussian_weights=True, sigma=1.5,
+                                                       use_sample_covariance=False, data_range=2.0, channel_axis=-1)
+                 for f in range(3)] for b in range(2)]
+    np.testing.assert_allclose(ssim, expected, rtol=1e-4, atol=1e-5)
+    psnr = np.asarray(video_metrics.psnr(jnp.asarray(x), jnp.asarray(y)))
+    np.testing.assert_allclose(psnr, 10 * np.log10(4.0 / np.mean((x - y) ** 2, axis=(2, 3, 4))), rtol=1e-5)
+    # Flicker: an error that is the same in every frame does not flicker; per-frame errors do.
+    constant = x + 0.2 * rng.standard_normal((1, 1) + x.shape[2:]).astype(np.float32)
+    assert float(jnp.max(video_metrics.temporal_flicker(jnp.asarray(x), jnp.asarray(constant)))) < 1e-6
+    assert float(jnp.min(video_metrics.temporal_flicker(jnp.asarray(x), jnp.asarray(y)))) > 0.05
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        video_metrics.temporal_flicker(jnp.asarray(x[:, :1]), jnp.asarray(y[:, :1]))
+    with pytest.raises(ValueError, match="win_size"):
+        video_metrics.ssim(jnp.asarray(x[..., :8, :8, :]), jnp.asarray(y[..., :8, :8, :]))
