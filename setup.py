@@ -29,6 +29,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest",
         "chex",
+        "portpicker",  # free ports for the multi-process (jax.distributed) tests
         "torch==2.13.0",  # CPU wheel; any other spec pulls CUDA wheels
         "diffusers==0.42.1",
     ],

@@ -13,10 +13,12 @@ and the text encoder stay frozen; eq. 3 with SD-2.1-base's epsilon target.
 Argument: comma-separated ``key=value`` pairs: ``init_from`` (required: the converted checkpoint) and any Table 1
 dataset name -> index file (``data_pipelines.config.get_paper_config``: sources weighted by the paper's video counts).
 
-Expected: the loss (noise MSE, ~0.1-0.2 at the start from SD-2.1 weights since temporal layers start as identities)
-decreases slowly; temporally consistent samples appear in ``WORKDIR/samples`` after ~10k steps. The paper gives no
-optimizer settings or step counts: AdamW 5e-5 with 1k warm-up, batch 64, EMA 0.9999 and 100k steps are our choice.
-bf16 compute with fp32 master weights and per-block rematerialisation fit a batch of 8 clips per 80 GB GPU.
+Expected: the epsilon loss starts low (SD-2.1 already denoises each frame; the temporal layers start as identities,
+their last layers being zero) and decreases slowly; temporally coherent EMA samples appear in ``WORKDIR/samples``.
+The paper gives no optimizer settings, batch size or step count: AdamW 5e-5 with 1k warm-up, batch 64, EMA 0.9999
+and 100k steps are our choice. bf16 compute with fp32 master weights, per-block rematerialisation and
+``jax.nn.dot_product_attention``; measure memory and speed on the target accelerator with
+``python benchmarks/train_step.py --configs sd21_256 --batch-per-device N``.
 """
 import ml_collections
 

@@ -65,15 +65,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.model.preset = "tiny"
         if not c.model.init_from:  # a fresh small VAE (must match the checkpoint's config when init_from is set)
             c.model.vae.update(dict(block_out_channels=(8, 16)))
-        c.model.discriminator.update(dict(base_channels=16, num_layers=2, num_groups=8))
-        c.optimizer.learning_rate = 3e-3
+        c.model.discriminator.update(dict(base_channels=8, num_layers=2, num_groups=8))
+        c.optimizer.learning_rate = 1e-2
         c.discriminator_optimizer.learning_rate = 1e-3
         # 8 keyframes as in §5.1: with 4, half the frames sit at the clip border, where the Temp-Convs' zero padding
         # makes them decode differently from the inner ones.
         c.data.num_frames, c.data.stride, c.data.resolution = 8, 2, (16, 16)
         c.data.read_threads = 1
         c.data.prefetch_batches = 1
-        c.total_steps, c.batch_size, c.log_every_steps = 200, 8, 25
+        c.total_steps, c.batch_size, c.log_every_steps = 300, 8, 25
         c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
         c.checkpoint.update(every_steps=100, keep=2)
         c.sample.update(every_steps=100, batch_size=16, num_batches=1, num_previews=4)

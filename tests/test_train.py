@@ -228,7 +228,7 @@ class LinearTask(Task):
     def preprocess(self, params, batch, rng):
         return batch
 
-    def loss(self, params, inputs, rng):
+    def loss(self, params, inputs, rng, step):
         pred = (inputs["x"] @ params["linear"]["kernel"] + params["linear"]["bias"]) * params["frozen_scale"]
         return jnp.mean(jnp.square(pred - inputs["y"])), {"pred_mean": jnp.mean(pred)}
 

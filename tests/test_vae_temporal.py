@@ -30,8 +30,10 @@ from vidrd_jax.tasks.vae_temporal import VAETemporalTask
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "vae_temporal.py"
 REFERENCE_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vidrd_temporal_vae_keys.tsv"
 PRETRAIN_STEPS = 150
-FINETUNE_STEPS = 80
-KL_WEIGHT = 1e-4  # keeps a visible posterior variance: per-frame samples then disagree like generated latents
+FINETUNE_STEPS = 160
+# LDM's KL weight (1e-6 on sums over pixels) for a per-pixel mean L1: the posterior keeps a large variance this early,
+# so per-frame posterior samples disagree from frame to frame as generated latents do.
+KL_WEIGHT = 1e-8
 
 
 def load_config(arg: str = "demo") -> ml_collections.ConfigDict:
@@ -100,7 +102,7 @@ def test_zero_initialised_temporal_decoder_is_the_image_decoder(run):
     for latents in ("mean", "sample"):
         for metric in ("psnr", "ssim", "flicker"):
             assert run.before[f"{latents}/delta/{metric}"] == 0.0
-    # Bitwise, on fresh parameters, also in training mode (dropout active before the zero conv).
+    # Bitwise, also in training mode (dropout active before the zero conv).
     vae = AutoencoderKL(run.task.vae_config)
     z = jax.random.normal(jax.random.key(1), (8, 8, 8, 4))
 
@@ -111,7 +113,7 @@ def test_zero_initialised_temporal_decoder_is_the_image_decoder(run):
                              method="decode", rngs={"dropout": jax.random.key(2)})
         return [(decode(4, det), decode(1, det)) for det in (True, False)]
 
-    for clip, frames in decodes(run.task.init_params(jax.random.key(3))["vae"]):
+    for clip, frames in decodes(run.pretrained):  # pre-trained 2-D layers, Temp-Convs as initialised
         np.testing.assert_array_equal(clip, frames)
     clip, frames = decodes(run.final["vae"])[0]
     assert not np.array_equal(clip, frames)

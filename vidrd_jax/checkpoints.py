@@ -24,38 +24,42 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 
 
+def absolute(path: str) -> str:
+    """Absolute local path, or ``path`` unchanged for a URL (``gs://bucket/dir``: Orbax and tensorboardX read it)."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def save_inference_checkpoint(directory: str, params: Mapping[str, Any], model_config: Mapping[str, Any]) -> str:
-    """Writes ``params`` (a pytree of arrays) and ``model_config`` (JSON-able) to ``directory``."""
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    params_dir = os.path.join(directory, PARAMS_DIR)
+    """Writes ``params`` (a pytree of arrays) and ``model_config`` (JSON-able) to ``directory`` (local or URL)."""
+    directory = absolute(directory)
+    root = epath.Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(params_dir, jax.tree.map(np.asarray, dict(params)), force=True)
+    checkpointer.save(root / PARAMS_DIR, jax.tree.map(np.asarray, dict(params)), force=True)
     checkpointer.wait_until_finished()
-    with open(os.path.join(directory, MODEL_CONFIG_FILE), "w") as f:
-        json.dump(dict(model_config), f, indent=2, sort_keys=True)
+    (root / MODEL_CONFIG_FILE).write_text(json.dumps(dict(model_config), indent=2, sort_keys=True))
     return directory
 
 
 def load_model_config(directory: str) -> dict[str, Any]:
     """Reads ``model_config.json``; a clear error if ``directory`` is not an inference checkpoint."""
-    path = os.path.join(os.path.abspath(directory), MODEL_CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = epath.Path(absolute(directory)) / MODEL_CONFIG_FILE
+    if not path.is_file():
         raise FileNotFoundError(f"{directory!r} is not a vidrd_jax inference checkpoint: {MODEL_CONFIG_FILE} not found")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 def load_inference_checkpoint(directory: str, abstract_params: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns ``(params, model_config)``. ``abstract_params`` (e.g. with shardings) restores onto devices."""
     model_config = load_model_config(directory)
-    params_dir = os.path.join(os.path.abspath(directory), PARAMS_DIR)
-    if not os.path.isdir(params_dir):
+    params_dir = epath.Path(absolute(directory)) / PARAMS_DIR
+    if not params_dir.is_dir():
         raise FileNotFoundError(f"{directory!r} has no {PARAMS_DIR}/ directory")
     checkpointer = ocp.StandardCheckpointer()
     params = checkpointer.restore(params_dir, abstract_params) if abstract_params is not None \
@@ -76,7 +80,7 @@ def load_pretrained_params(directory: str, target: Mapping[str, Any], allow_miss
     """
     from vidrd_jax.train_state import flatten, unflatten  # local: train_state is a higher layer
 
-    params_dir = os.path.join(os.path.abspath(directory), PARAMS_DIR)
+    params_dir = epath.Path(absolute(directory)) / PARAMS_DIR
     load_model_config(directory)
     stored = flatten(ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree)
     wanted = flatten(target)
@@ -120,9 +124,9 @@ class TrainCheckpointer:
     def __init__(self, directory: str, *, keep: int = 1, async_save: bool = True, read_only: bool = False):
         import grain  # deferred: only training needs it
 
-        self.directory = os.path.abspath(directory)
+        self.directory = absolute(directory)
         self._grain = grain
-        if read_only and not os.path.isdir(self.directory):
+        if read_only and not epath.Path(self.directory).is_dir():
             raise FileNotFoundError(f"no training checkpoints in {self.directory!r}")
         # read_only (export, evaluation): never deletes anything, e.g. the temporary directory of a running save.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
@@ -160,14 +164,14 @@ class TrainCheckpointer:
     def restore_params(self, step: int, target: Mapping[str, Any]) -> dict[str, Any]:
         """Reads only the sub-tree ``target`` (e.g. ``{"trainable": …, "frozen": …}``) of checkpoint ``step`` 's
         state, as numpy arrays (``target`` leaves: ``jax.ShapeDtypeStruct`` without sharding)."""
-        path = os.path.join(self.directory, str(step), STATE_ITEM)
+        path = epath.Path(self.directory) / str(step) / STATE_ITEM
         restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), target)
         return ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(path, args=ocp.args.PyTreeRestore(
             item=target, restore_args=restore_args, partial_restore=True))
 
     def read_config(self, step: int) -> dict[str, Any]:
-        with open(os.path.join(self.directory, str(step), CONFIG_ITEM, "metadata")) as f:
-            return json.load(f)
+        """The config saved with checkpoint ``step`` (JSON, as written by ``ocp.args.JsonSave``)."""
+        return json.loads((epath.Path(self.directory) / str(step) / CONFIG_ITEM / "metadata").read_text())
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are committed."""

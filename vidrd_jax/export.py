@@ -50,7 +50,7 @@ def export(workdir: str, out: str, *, use_ema: bool = False, dtype: str = "float
         ckpt.close()
     params = ts.merge(restored["ema" if use_ema else "trainable"], restored["frozen"])
     params, model_config = task.export(params, DTYPES[dtype])
-    model_config["source"] = f"vidrd_jax.export {os.path.abspath(workdir)} step {step}{' ema' if use_ema else ''}"
+    model_config["source"] = f"vidrd_jax.export {checkpoints.absolute(workdir)} step {step}{' ema' if use_ema else ''}"
     tokenizer = model_config.get("tokenizer")
     if tokenizer:  # self-contained, like the converter's checkpoints: the tokenizer folder travels along
         nested = os.path.join(tokenizer, TOKENIZER_DIR)  # a model folder holding tokenizer/

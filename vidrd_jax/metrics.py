@@ -1,37 +1,42 @@
 """Training metrics: TensorBoard event files (tensorboardX) and a JSON-lines file, written by process 0 only.
 
-``WORKDIR/metrics.jsonl`` gets one object per logged step: ``{"step": int, "<name>": float, ...}``; the event files go
-to ``WORKDIR/tensorboard/``. Both are appended to across restarts (steps after the restored checkpoint are logged
-again by the restarted run).
+``WORKDIR/metrics.jsonl`` holds one object per logged step: ``{"step": int, "<name>": float, ...}``; the event files
+go to ``WORKDIR/tensorboard/``. ``WORKDIR`` may be local or a bucket (``gs://``; tensorboardX then needs
+``google-cloud-storage``). Both continue across restarts; the steps after the restored checkpoint are logged again
+by the restarted run, and the later record of a step is the live one.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Mapping
 
 import numpy as np
+from etils import epath
 
 JSONL_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricWriter:
-    """Scalar metrics to TensorBoard + JSONL; a no-op on processes other than ``enabled=True``."""
+    """Scalar metrics to TensorBoard + JSONL; a no-op unless ``enabled`` (process 0).
+
+    The JSONL file is rewritten whole (temporary file + rename) at every :meth:`flush`, which works on object
+    stores (no appends there) and never leaves a half-written line behind a killed run.
+    """
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         self._tb = None
-        self._jsonl = None
+        self._lines: list[str] = []
+        self._path = epath.Path(workdir) / JSONL_FILE
         if enabled:
             from tensorboardX import SummaryWriter  # deferred: heavy import, only process 0 needs it
-            os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
-            path = os.path.join(workdir, JSONL_FILE)
-            self._jsonl = open(path, "a")
-            if self._jsonl.tell() and not _ends_with_newline(path):  # a killed run left half a line
-                self._jsonl.write("\n")
+
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(str(epath.Path(workdir) / TENSORBOARD_DIR))
+            if self._path.exists():
+                self._lines = [line for line in self._path.read_text().splitlines() if line.strip()]
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Writes ``scalars`` at ``step``; non-finite values are kept in JSONL as ``null`` (JSON has no NaN)."""
@@ -41,41 +46,29 @@ class MetricWriter:
         for name, value in values.items():
             self._tb.add_scalar(name, value, step)
         record = {"step": int(step), **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._lines.append(json.dumps(record))
 
     def write_video_frames(self, step: int, tag: str, frames: np.ndarray) -> None:
         """Adds a uint8 ``[T, H, W, 3]`` clip to TensorBoard as an image strip (frames side by side)."""
         if not self.enabled:
             return
-        strip = np.concatenate(list(frames), axis=1)
-        self._tb.add_image(tag, strip, step, dataformats="HWC")
+        self._tb.add_image(tag, np.concatenate(list(frames), axis=1), step, dataformats="HWC")
 
     def flush(self) -> None:
         if self.enabled:
             self._tb.flush()
-            self._jsonl.flush()
+            tmp = self._path.parent / f".{JSONL_FILE}.tmp"
+            tmp.write_text("\n".join(self._lines) + "\n")
+            tmp.replace(self._path)
 
     def close(self) -> None:
         if self.enabled:
+            self.flush()
             self._tb.close()
-            self._jsonl.close()
             self.enabled = False
 
 
-def _ends_with_newline(path: str) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
-
-
 def read_jsonl(workdir: str) -> list[dict]:
-    """All complete records of ``WORKDIR/metrics.jsonl`` in file order (a line cut short by a killed run is left
-    out). After a restart, the steps since the restored checkpoint appear twice; the later record is the live one."""
-    records = []
-    with open(os.path.join(workdir, JSONL_FILE)) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    """All records of ``WORKDIR/metrics.jsonl`` in file order (a step may appear twice after a restart)."""
+    text = (epath.Path(workdir) / JSONL_FILE).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import signal
+import tempfile
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -30,6 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -42,7 +44,8 @@ from vidrd_jax.train_config import validate_config, validate_optimizer
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 # Config fields that may differ between a checkpoint and the run resuming it without a warning.
-_RESUMABLE_CHANGES = ("total_steps", "log_every_steps", "progress_bar", "checkpoint", "sample", "distributed")
+_RESUMABLE_CHANGES = ("total_steps", "log_every_steps", "progress_bar", "compilation_cache_dir", "checkpoint", "sample",
+                      "distributed")
 
 
 @dataclasses.dataclass
@@ -127,7 +130,8 @@ class Trainer:
         def micro_grads(micro, index):
             pre_rng, loss_rng = jax.random.split(jax.random.fold_in(rng, index))
             inputs = task.preprocess(state.params(), micro, pre_rng)
-            loss_fn = lambda trainable: task.loss(ts.merge(trainable, state.frozen), inputs, loss_rng)  # noqa: E731
+            loss_fn = lambda trainable: task.loss(  # noqa: E731
+                ts.merge(trainable, state.frozen), inputs, loss_rng, state.step)
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
             return grads, (loss, metrics)
 
@@ -269,13 +273,17 @@ def _data_scalars(iterator: Any) -> dict[str, float]:
 
 def _write_samples(workdir: str, step: int, videos: np.ndarray, fps: float, writer: metrics_lib.MetricWriter
                    ) -> None:
+    """``WORKDIR/samples/step_<step>_<i>.gif`` (encoded locally, then copied: the workdir may be a bucket)."""
     from vidrd_jax import media  # deferred: PyAV is only needed when samples are on
 
-    directory = os.path.join(workdir, SAMPLES_DIR)
-    os.makedirs(directory, exist_ok=True)
-    for i, video in enumerate(videos):
-        media.write_video(os.path.join(directory, f"step_{step:08d}_{i}.gif"), video, fps=fps)
-        writer.write_video_frames(step, f"samples/{i}", video)
+    directory = epath.Path(workdir) / SAMPLES_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, video in enumerate(videos):
+            name = f"step_{step:08d}_{i}.gif"
+            media.write_video(os.path.join(tmp, name), video, fps=fps)
+            (directory / name).write_bytes(epath.Path(tmp, name).read_bytes())
+            writer.write_video_frames(step, f"samples/{i}", video)
 
 
 def make_data_iterator(config: ml_collections.ConfigDict, shard: parallel.DataShard) -> Iterator[dict[str, Any]]:
@@ -291,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     process_index, _ = parallel.initialize_distributed(config.distributed)
-    workdir = os.path.abspath(workdir)
+    workdir = checkpoints.absolute(workdir)
     trainer = build_trainer(config)
     task = trainer.task
     shard = trainer.data_shard()

@@ -16,8 +16,9 @@ Choices (documented deviations from LDM):
 * **Plain convolutions, no spectral normalisation.** LDM's discriminator is not spectrally normalised either; its
   stability comes from the hinge loss, the adaptive weight and the late start (``disc_start``).
 * **GroupNorm instead of BatchNorm.** BatchNorm would need running statistics (a mutable collection in the train
-  state) and would couple the examples of a batch across data shards; GroupNorm is per clip, has no state and is
-  identical under any sharding. Groups: ``min(num_groups, channels)``.
+  state) and would couple the examples of a batch across data shards; GroupNorm has no state and is identical under
+  any sharding. Its statistics are pooled over the frames and pixels of each clip (not per frame), so differences
+  between frames (e.g. brightness flicker) are not normalised away. Groups: ``min(num_groups, channels)``.
 * Weights are initialised ``N(0, 0.02)`` (LDM's ``weights_init``), norms to scale 1 / bias 0.
 
 Inputs are pixels ``[B, F, H, W, 3]`` in [-1, 1]; outputs are float32 logits ``[B, F, h', w']``.

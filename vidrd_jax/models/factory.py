@@ -33,7 +33,8 @@ def build(kind: Kind, config) -> nn.Module:
     return _MODEL_CLASSES[kind](config)
 
 
-def _init_fn(kind: Kind, config):
+def init_fn(kind: Kind, config):
+    """A traceable ``rng -> variables`` function (use it inside your own ``jit``, e.g. with ``out_shardings``)."""
     model = build(kind, config)
     if kind == "unet":
         cin = config.in_channels
@@ -54,7 +55,7 @@ def _init_fn(kind: Kind, config):
 def _jitted_init(kind: Kind, config):
     # Init runs the forward once on a minimal input; unoptimised code generation halves its compile time on CPU
     # and costs nothing that matters at run time.
-    return jax.jit(_init_fn(kind, config), compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(init_fn(kind, config), compiler_options={"xla_backend_optimization_level": 0})
 
 
 def init_params(kind: Kind, config, rng: jax.Array) -> dict[str, Any]:
@@ -64,12 +65,12 @@ def init_params(kind: Kind, config, rng: jax.Array) -> dict[str, Any]:
 
 def abstract_params(kind: Kind, config) -> dict[str, Any]:
     """Parameter shapes and dtypes (``jax.ShapeDtypeStruct`` leaves) without allocating anything."""
-    return nn.meta.unbox(jax.eval_shape(_init_fn(kind, config), jax.random.key(0))["params"])
+    return nn.meta.unbox(jax.eval_shape(init_fn(kind, config), jax.random.key(0))["params"])
 
 
 def logical_specs(kind: Kind, config) -> dict[str, Any]:
     """``PartitionSpec`` of logical axis names for every parameter (None where unannotated)."""
-    boxed = jax.eval_shape(_init_fn(kind, config), jax.random.key(0))["params"]
+    boxed = jax.eval_shape(init_fn(kind, config), jax.random.key(0))["params"]
     return nn.get_partition_spec(boxed)
 
 

@@ -4,8 +4,8 @@ A task owns its models and their parameters, says which parameters train (labels
 host batch into device arrays, and defines the loss. The trainer (``vidrd_jax.train``) owns everything else: mesh,
 sharded state, optimizer/EMA/accumulation/non-finite guard, data, checkpoints, metrics. A step is
 
-    rng -> for each micro-batch: inputs = task.preprocess(params, batch, rng)        (no gradient: frozen encoders)
-                                 loss, metrics = task.loss(params, inputs, rng)      (gradient w.r.t. trainable leaves)
+    rng -> for each micro-batch: inputs = task.preprocess(params, batch, rng)          (no gradient: frozen encoders)
+                                 loss, metrics = task.loss(params, inputs, rng, step)  (gradient: trainable leaves)
         -> mean gradient -> optax (one transform per label) -> EMA
 
 Several players (a GAN's generator and discriminator) fit in one step: give them different labels (so each gets its
@@ -28,6 +28,7 @@ Params = dict[str, Any]
 
 TASKS = {
     "denoising": "vidrd_jax.tasks.denoising:DenoisingTask",
+    "vae_temporal": "vidrd_jax.tasks.vae_temporal:VAETemporalTask",
 }
 
 
@@ -79,8 +80,10 @@ class Task(abc.ABC):
         """Device-side, gradient-free work on one micro-batch (frozen encoders); returns the loss inputs."""
 
     @abc.abstractmethod
-    def loss(self, params: Params, inputs: Any, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar training loss and scalar metrics for one micro-batch."""
+    def loss(self, params: Params, inputs: Any, rng: jax.Array, step: jax.Array
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Scalar training loss and scalar metrics for one micro-batch; ``step`` (int32 scalar, the train step being
+        taken) lets a loss switch terms on late (e.g. a GAN's discriminator)."""
 
     # --- outputs ---------------------------------------------------------------------------------------------
     def sample(self, params: Params, rng: jax.Array) -> jax.Array | None:

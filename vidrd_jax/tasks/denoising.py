@@ -137,8 +137,8 @@ class DenoisingTask(Task):
 
     def init_params(self, rng: jax.Array) -> Params:
         keys = dict(zip(MODELS, jax.random.split(rng, len(MODELS))))
-        # factory._init_fn is the traceable init (factory.init_params jits it on its own, which cannot nest).
-        return {k: nn.meta.unbox(factory._init_fn(k, c)(keys[k])["params"]) for k, c in self.model_configs.items()}
+        # factory.init_fn is traceable (factory.init_params jits it on its own, which cannot nest).
+        return {k: nn.meta.unbox(factory.init_fn(k, c)(keys[k])["params"]) for k, c in self.model_configs.items()}
 
     def pretrained(self) -> tuple[str, str] | None:
         m = self.config.model
@@ -183,7 +183,7 @@ class DenoisingTask(Task):
         text = self.encode_text(params, batch["input_ids"])
         return jax.lax.stop_gradient({"latents": latents, "text": text})
 
-    def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array
+    def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Eq. 3: mean squared error between the UNet output and the epsilon / velocity target."""
         z0 = inputs["latents"]

@@ -355,8 +355,9 @@ class VAETemporalTask(Task):
         kl = jnp.mean(inputs["kl"])
         generator_total = nll + cfg.reg_weight * kl + g_scale * g_loss
 
-        logits = self.discriminator.apply({"params": params["discriminator"]}, jnp.concatenate([video, recon_sg]))
-        logits_real, logits_fake = jnp.split(logits, 2)
+        # Two calls rather than one on [real; fake]: concatenating along the sharded batch axis would reshuffle it.
+        logits_real = self.discriminator.apply({"params": params["discriminator"]}, video)
+        logits_fake = self.discriminator.apply({"params": params["discriminator"]}, recon_sg)
         d_loss = hinge_d_loss(logits_real, logits_fake)
 
         total = generator_total + surrogate + disc_factor * d_loss
