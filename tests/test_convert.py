@@ -29,7 +29,7 @@ from vidrd_jax.models.temporal_layers import TemporalConv
 from vidrd_jax.models.tokenizer import load_tokenizer
 from vidrd_jax.models.unet3d import BasicTransformerBlock, UNet3DConfig
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+REFERENCE = os.path.join(os.path.dirname(__file__), "reference")
 FRAMES, LATENT = 3, 8
 
 

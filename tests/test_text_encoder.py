@@ -15,7 +15,7 @@ from vidrd_jax.convert import naming
 from vidrd_jax.models.text_encoder import CLIPTextConfig, CLIPTextModel
 from vidrd_jax.models.tokenizer import load_tokenizer
 
-KEYS_TSV = Path("/work/shared/reference/vidrd_text_encoder_keys.tsv")
+KEYS_TSV = Path(__file__).parent / "reference" / "vidrd_text_encoder_keys.tsv"
 SD21_TEXT_CONFIG_JSON = {  # stabilityai/stable-diffusion-2-1-base text_encoder/config.json
     "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
     "eos_token_id": 2, "hidden_act": "gelu", "hidden_size": 1024, "initializer_factor": 1.0,

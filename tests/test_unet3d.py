@@ -2,6 +2,7 @@
 layers against a PyTorch re-statement of the official release, the SD-2.1 parameter tree, bf16 and config checks."""
 import functools
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,7 @@ from vidrd_jax.models.temporal_layers import TemporalConv, frame_position_embedd
 from vidrd_jax.models.unet3d import BasicTransformerBlock, UNet3D, UNet3DConfig
 
 B, F, S, L = 2, 3, 8, 5  # batch, frames, latent size, text length
-KEY_TABLE = "/work/shared/reference/vidrd_unet3d_keys.tsv"
+KEY_TABLE = os.path.join(os.path.dirname(__file__), "reference", "vidrd_unet3d_keys.tsv")
 
 DIFFUSERS_TINY = dict(
     sample_size=S, in_channels=4, out_channels=4, block_out_channels=[32, 64], layers_per_block=1,

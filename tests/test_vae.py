@@ -2,6 +2,7 @@
 frame mixing once trained, the official key table and parameter totals, bf16 and config checks."""
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from vidrd_jax.models.vae import AutoencoderKL, VAEConfig
 
 B, F, P = 2, 3, 16  # clips, frames per clip, pixel size (latents are 8x8)
 N = B * F
-KEY_TABLE = "/work/shared/reference/vidrd_temporal_vae_keys.tsv"
+KEY_TABLE = os.path.join(os.path.dirname(__file__), "reference", "vidrd_temporal_vae_keys.tsv")
 OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 DIFFUSERS_TINY = dict(

@@ -8,7 +8,8 @@ All functions take clips ``[B, F, H, W, C]`` channels-last in the pixel range of
   mean over the valid window positions and the channels, ``[B, F]``. It equals
   ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
   data_range=data_range, channel_axis=-1)``.
-* :func:`temporal_flicker`: ``mean |Δ_t(x) − Δ_t(x̂)|`` with ``Δ_t(v) = v[:, t+1] − v[:, t]``, ``[B]`` in pixel units.
+* :func:`temporal_flicker`: ``mean |Δ_t(x) − Δ_t(x̂)|`` with ``Δ_t(v) = v[:, t+1] − v[:, t]``, ``[B]`` in pixel units
+  (:func:`frame_pair_flicker`: the same per frame pair).
   It is the L1 error of the frame-to-frame changes: 0 when the reconstruction's errors are the same in every frame
   (no flicker), and it grows when each frame is decoded with a different error, which is what a per-frame (2-D)
   decoder does and the Temp-Conv layers are trained to remove.
@@ -75,22 +76,33 @@ def ssim(x: Array, y: Array, data_range: float = 2.0, win_size: int = 11, sigma:
     return jnp.mean(s, axis=(1, 2, 3)).reshape(b, f)
 
 
-def temporal_flicker(x: Array, y: Array) -> Array:
-    """``mean |Δ_t(x) − Δ_t(y)|`` over frames, pixels and channels: ``[B]`` (needs at least 2 frames)."""
+def frame_pair_flicker(x: Array, y: Array) -> Array:
+    """``mean |Δ_t(x) − Δ_t(y)|`` over pixels and channels for each frame pair ``(t, t+1)``: ``[B, F-1]``."""
     _check_pair(x, y, "temporal_flicker")
     if x.shape[1] < 2:
         raise ValueError(f"temporal_flicker: needs clips of at least 2 frames, got {x.shape[1]}")
     dx = jnp.diff(x.astype(jnp.float32), axis=1)
     dy = jnp.diff(y.astype(jnp.float32), axis=1)
-    return jnp.mean(jnp.abs(dx - dy), axis=(1, 2, 3, 4))
+    return jnp.mean(jnp.abs(dx - dy), axis=(2, 3, 4))
+
+
+def temporal_flicker(x: Array, y: Array) -> Array:
+    """``mean |Δ_t(x) − Δ_t(y)|`` over frames, pixels and channels: ``[B]`` (needs at least 2 frames)."""
+    return jnp.mean(frame_pair_flicker(x, y), axis=1)
 
 
 def reconstruction_metrics(video: Array, recon: Array, data_range: float = 2.0) -> dict[str, Array]:
-    """Scalar means ``{"psnr", "ssim", "flicker"}`` of a batch; ``recon`` is clipped to the data range first.
+    """Scalar means of a batch; ``recon`` is clipped to the data range first.
 
-    The pixel range is taken as ``[-data_range/2, data_range/2]`` (``[-1, 1]`` by default).
+    ``psnr``, ``ssim``, ``flicker`` (all frame pairs) and, for clips of 4 or more frames, ``flicker_interior``
+    (without the first and last pair: frames at the clip border are decoded with the Temp-Convs' zero padding in
+    time, so they behave differently). The pixel range is ``[-data_range/2, data_range/2]`` (``[-1, 1]``).
     """
     half = data_range / 2
     recon = jnp.clip(recon.astype(jnp.float32), -half, half)
-    return {"psnr": jnp.mean(psnr(video, recon, data_range)), "ssim": jnp.mean(ssim(video, recon, data_range)),
-            "flicker": jnp.mean(temporal_flicker(video, recon))}
+    pairs = frame_pair_flicker(video, recon)
+    metrics = {"psnr": jnp.mean(psnr(video, recon, data_range)), "ssim": jnp.mean(ssim(video, recon, data_range)),
+               "flicker": jnp.mean(pairs)}
+    if pairs.shape[1] >= 3:
+        metrics["flicker_interior"] = jnp.mean(pairs[:, 1:-1])
+    return metrics

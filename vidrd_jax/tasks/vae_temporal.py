@@ -124,6 +124,8 @@ class VAETemporalTask(Task):
             preset="tiny",  # tiny | sd21, used when init_from is ""
             # params absent from init_from that keep their fresh init: new Temp-Convs, the discriminator, LPIPS
             allow_missing=r"temp_convs_|^discriminator/|^lpips/",
+            export_into="",  # inference checkpoint whose other models (unet, text encoder) export() keeps;
+            # "" = init_from's
             vae=ml_collections.ConfigDict(dict(dtype="float32")),  # VAEConfig overrides
             discriminator=ml_collections.ConfigDict(DiscriminatorConfig().to_dict()),
         ))
@@ -133,7 +135,7 @@ class VAETemporalTask(Task):
             disc_weight=0.5,  # α_disc (§5.1)
             perceptual_weight=1.0,  # LPIPS weight inside L_rec (LDM: 1.0); used when lpips_dir is set
             lpips_dir="",  # LPIPS weights folder (vidrd_jax.models.lpips); "" = L1 only
-            disc_start=0,  # step from which L_disc and the discriminator loss count (needs the step, see loss())
+            disc_start=0,  # step from which L_disc and the discriminator loss count (LDM trains D late)
             adaptive_weight=True,  # LDM's λ; False: λ = 1
             max_adaptive_weight=1e4,
             sample_posterior=True,  # decode z ~ q(z|x) (LDM) instead of the posterior mean
@@ -154,10 +156,14 @@ class VAETemporalTask(Task):
         m, loss = config.model, config.loss
         if not m.init_from and m.preset not in PRESETS:
             raise ValueError(f"config.model.preset must be one of {PRESETS} when init_from is empty, got {m.preset!r}")
-        if m.init_from:
-            base = checkpoints.load_model_config(m.init_from)
-            if "vae" not in base:
-                raise ValueError(f"config.model.init_from={m.init_from!r} has no 'vae' model config")
+        for field in ("init_from", "export_into"):
+            if m[field]:
+                try:
+                    base = checkpoints.load_model_config(m[field])
+                except FileNotFoundError as e:
+                    raise ValueError(f"config.model.{field}: {e}") from e
+                if "vae" not in base:
+                    raise ValueError(f"config.model.{field}={m[field]!r} has no 'vae' model config")
         for field, pattern in (("trainable_regex", config.trainable_regex), ("model.allow_missing", m.allow_missing)):
             try:
                 re.compile(pattern)
@@ -198,8 +204,9 @@ class VAETemporalTask(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         m = config.model
-        self.base_config = checkpoints.load_model_config(m.init_from) if m.init_from else None
-        self.vae_config = _vae_config(self.base_config, m.preset, m.vae)
+        self.export_base = m.export_into or m.init_from
+        self.vae_config = _vae_config(checkpoints.load_model_config(m.init_from) if m.init_from else None, m.preset,
+                                      m.vae)
         if not self.vae_config.use_temporal_decoder:
             raise ValueError("config.model.vae.use_temporal_decoder must be True: the task trains the Temp-Convs")
         self.disc_config = _disc_config(m.discriminator)
@@ -312,21 +319,14 @@ class VAETemporalTask(Task):
             metrics["lpips"] = perceptual
         return loss.rec_weight * rec, metrics
 
-    def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array,
-             step: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Eq. 9 for the decoder plus the hinge loss of the discriminator (module docstring).
 
-        ``step`` (the global step) gates both adversarial terms at ``loss.disc_start``; without it the terms are
-        always on, which is only allowed for ``disc_start == 0``.
+        ``step`` (the train step) switches both adversarial terms on at ``loss.disc_start``.
         """
         cfg = self.config.loss
-        if step is None:
-            if cfg.disc_start > 0:
-                raise ValueError(f"config.loss.disc_start={cfg.disc_start} needs the global step, but the trainer "
-                                 "called Task.loss without `step`")
-            disc_factor = jnp.ones((), jnp.float32)
-        else:
-            disc_factor = (step >= cfg.disc_start).astype(jnp.float32)
+        disc_factor = (step >= cfg.disc_start).astype(jnp.float32)
         sg = jax.lax.stop_gradient
         video, z = inputs["video"], inputs["z"]
         num_frames = video.shape[1]
@@ -401,17 +401,17 @@ class VAETemporalTask(Task):
 
         Both decode the posterior mean (``mean/…``: plain reconstruction) and a posterior sample drawn independently
         per frame (``sample/…``: latents that disagree slightly from frame to frame, as generated ones do; fixed
-        noise from ``sample.seed``). Keys ``{mean,sample}/{image_decoder,temporal_decoder,delta}/{psnr,ssim,flicker}``
-        (delta = temporal − image). ``clips`` default to :attr:`eval_clips`.
+        noise from ``sample.seed``). Keys ``{mean,sample}/{image_decoder,temporal_decoder,delta}/{psnr,ssim,flicker,
+        flicker_interior}`` (delta = temporal − image; see ``video_metrics.reconstruction_metrics``). ``clips``
+        default to :attr:`eval_clips`.
         """
         rng = jax.random.key(self.config.sample.seed)
         results = [jax.device_get(self._eval_fn(params, jnp.asarray(c), jax.random.fold_in(rng, i))[0])
                    for i, c in enumerate(clips or self.eval_clips)]
         out = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
-        for latents in ("mean", "sample"):
-            for k in ("psnr", "ssim", "flicker"):
-                out[f"{latents}/delta/{k}"] = (out[f"{latents}/temporal_decoder/{k}"]
-                                               - out[f"{latents}/image_decoder/{k}"])
+        for key in [k for k in out if "/image_decoder/" in k]:
+            temporal = out[key.replace("image_decoder", "temporal_decoder")]
+            out[key.replace("image_decoder", "delta")] = temporal - out[key]
         return out
 
     def sample(self, params: Params, rng: jax.Array) -> jax.Array:
@@ -423,18 +423,18 @@ class VAETemporalTask(Task):
         return previews[: self.config.sample.num_previews]
 
     def export(self, params: Params, dtype: str) -> tuple[Params, dict[str, Any]]:
-        """The fine-tuned ``vae`` (standard VAE tree, as ``vae.py``) over ``init_from`` 's other models, if any.
+        """The fine-tuned ``vae`` (standard VAE tree, as ``vae.py``) over the other models of ``model.export_into``
+        (default ``model.init_from``), if any.
 
-        Returns ``(params, model_config)`` for ``checkpoints.save_inference_checkpoint``: ``init_from`` 's
-        checkpoint with its ``vae`` part replaced (the other models as stored), or a VAE-only checkpoint for a fresh
-        run. Only the VAE is cast to ``dtype``.
+        Returns ``(params, model_config)`` for ``checkpoints.save_inference_checkpoint``: that checkpoint with its
+        ``vae`` part replaced (the other models as stored), or a VAE-only checkpoint. Only the VAE is cast to ``dtype``.
         """
         target = jnp.dtype(dtype)
         vae = jax.tree.map(lambda x: np.asarray(x).astype(target) if jnp.issubdtype(x.dtype, jnp.floating)
                            else np.asarray(x), params["vae"])
         vae_config = {**self.vae_config.to_dict(), "dtype": dtype, "param_dtype": dtype, "remat_policy": "none"}
-        if self.base_config is None:
+        if not self.export_base:
             return {"vae": vae}, {"vae": vae_config, "source": "vidrd_jax.train:vae_temporal"}
-        base_params, _ = checkpoints.load_inference_checkpoint(self.config.model.init_from)
+        base_params, base_config = checkpoints.load_inference_checkpoint(self.export_base)
         return ({**base_params, "vae": vae},
-                {**self.base_config, "vae": vae_config, "source": "vidrd_jax.train:vae_temporal"})
+                {**base_config, "vae": vae_config, "source": "vidrd_jax.train:vae_temporal"})
