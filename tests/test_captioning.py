@@ -39,29 +39,17 @@ from data_pipelines.segment import (
     segment_then_caption,
 )
 from vidrd_jax.media import read_video, write_video
+from vidrd_jax.models.tokenizer import bytes_to_unicode
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable unicode table."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _opt_style_tokenizer():
     from transformers import GPT2Tokenizer
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for ch in _bytes_to_unicode().values():
+    for ch in bytes_to_unicode().values():
         vocab[ch] = len(vocab)
     return GPT2Tokenizer(vocab=vocab, merges=[], unk_token="<unk>", bos_token="</s>", eos_token="</s>",
                          pad_token="<pad>")
@@ -74,7 +62,7 @@ def _clip_tokenizer():
     (clip_dir,) = importlib.util.find_spec("clip").submodule_search_locations
     with gzip.open(os.path.join(clip_dir, "bpe_simple_vocab_16e6.txt.gz")) as f:
         merges = [tuple(m.split()) for m in f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
 

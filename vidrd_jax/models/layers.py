@@ -7,7 +7,8 @@ axes. Module and parameter names follow diffusers so that checkpoints convert by
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,6 +30,34 @@ def resolve_dtype(name: str, field: str = "dtype") -> Dtype:
     if name not in DTYPES:
         raise ValueError(f"{field} must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+class ModelConfigMixin:
+    """JSON round trip and dtype resolution shared by the frozen model-config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]):
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown field(s) {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+    @property
+    def compute_dtype(self) -> Dtype:
+        return resolve_dtype(self.dtype, "dtype")
+
+    @property
+    def params_dtype(self) -> Dtype:
+        return resolve_dtype(self.param_dtype, "param_dtype")
+
+    def dtype_kwargs(self) -> dict[str, Dtype]:
+        """``dtype=…, param_dtype=…`` for a Flax module."""
+        return dict(dtype=self.compute_dtype, param_dtype=self.params_dtype)
 
 
 def torch_default_init() -> Callable[..., Array]:

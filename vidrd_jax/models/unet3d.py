@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 from vidrd_jax.models.layers import (
     ATTENTION_IMPLS, DTYPES, GROUPNORM_SCOPES, REMAT_POLICIES, Attention, Downsample, FeedForward, GroupNorm,
-    ResnetBlock, TimestepEmbedding, Upsample, constrain_video, conv, dense, group_norm, layer_norm, remat_block,
-    resolve_dtype, timestep_embedding)
+    ModelConfigMixin, ResnetBlock, TimestepEmbedding, Upsample, constrain_video, conv, dense, group_norm, layer_norm,
+    remat_block, timestep_embedding)
 from vidrd_jax.models.temporal_layers import POSITION_EMBEDDINGS, TemporalConv, temporal_attention
 
 Array = jax.Array
@@ -29,7 +29,7 @@ LAYER_NORM_EPS = 1e-5  # norm1/2/3 and temp_norm
 
 
 @dataclasses.dataclass(frozen=True)
-class UNet3DConfig:
+class UNet3DConfig(ModelConfigMixin):
     """Architecture of :class:`UNet3D`; the defaults are SD-2.1 + VidRD's temporal layers.
 
     Attributes:
@@ -143,18 +143,6 @@ class UNet3DConfig:
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "UNet3DConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"UNet3DConfig.from_dict: unknown field(s) {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
     @classmethod
     def from_diffusers(cls, config_json: Mapping[str, Any], **overrides: Any) -> "UNet3DConfig":
@@ -205,18 +193,7 @@ class UNet3DConfig:
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    # --- derived ------------------------------------------------------------------------------------------------
-    @property
-    def compute_dtype(self):
-        return resolve_dtype(self.dtype, "dtype")
 
-    @property
-    def params_dtype(self):
-        return resolve_dtype(self.param_dtype, "param_dtype")
-
-
-def _kw(cfg: UNet3DConfig) -> dict[str, Any]:
-    return dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -258,11 +235,12 @@ class Transformer3D(nn.Module):
     def __call__(self, x: Array, context: Array) -> Array:
         cfg = self.config
         b, f, hh, ww, c = x.shape
-        h = group_norm(GroupNorm(cfg.norm_num_groups, TRANSFORMER_NORM_EPS, name="norm", **_kw(cfg)), x, "frame")
-        h = dense(c, ("embed", "mlp"), name="proj_in", **_kw(cfg))(h.reshape(b, f, hh * ww, c))
+        norm = GroupNorm(cfg.norm_num_groups, TRANSFORMER_NORM_EPS, name="norm", **cfg.dtype_kwargs())
+        h = group_norm(norm, x, "frame")
+        h = dense(c, ("embed", "mlp"), name="proj_in", **cfg.dtype_kwargs())(h.reshape(b, f, hh * ww, c))
         h = BasicTransformerBlock(self.heads, cfg.use_temporal, cfg.temporal_position_embedding,
-                                  cfg.attention_impl, name="transformer_blocks_0", **_kw(cfg))(h, context)
-        h = dense(c, ("mlp", "embed"), name="proj_out", **_kw(cfg))(h)
+                                  cfg.attention_impl, name="transformer_blocks_0", **cfg.dtype_kwargs())(h, context)
+        h = dense(c, ("mlp", "embed"), name="proj_out", **cfg.dtype_kwargs())(h)
         return h.reshape(x.shape) + x
 
 
@@ -272,10 +250,10 @@ def _resnet_temporal(cfg: UNet3DConfig, j: int, channels: int, h: Array, temb: A
     Called inside a block's compact ``__call__``, so both modules become children of that block.
     """
     h = ResnetBlock(channels, cfg.norm_num_groups, cfg.norm_eps, cfg.groupnorm_scope, name=f"resnets_{j}",
-                    **_kw(cfg))(h, temb)
+                    **cfg.dtype_kwargs())(h, temb)
     if cfg.use_temporal:
         h = TemporalConv(cfg.temporal_conv_layers, cfg.norm_num_groups, cfg.norm_eps, cfg.dropout,
-                         cfg.groupnorm_scope, name=f"temp_convs_{j}", **_kw(cfg))(h, deterministic)
+                         cfg.groupnorm_scope, name=f"temp_convs_{j}", **cfg.dtype_kwargs())(h, deterministic)
     return h
 
 
@@ -295,7 +273,7 @@ class DownBlock3D(nn.Module):
                 h = Transformer3D(cfg, cfg.num_attention_heads[i], name=f"attentions_{j}")(h, context)
             skips.append(h)
         if i < len(cfg.block_out_channels) - 1:
-            h = Downsample(channels, name="downsamplers_0", **_kw(cfg))(h)
+            h = Downsample(channels, name="downsamplers_0", **cfg.dtype_kwargs())(h)
             skips.append(h)
         return constrain_video(h), tuple(skips)
 
@@ -331,7 +309,7 @@ class UpBlock3D(nn.Module):
             if cfg.up_block_types[i] == "CrossAttnUpBlock3D":
                 h = Transformer3D(cfg, heads, name=f"attentions_{j}")(h, context)
         if i < len(cfg.block_out_channels) - 1:
-            h = Upsample(channels, name="upsamplers_0", **_kw(cfg))(h)
+            h = Upsample(channels, name="upsamplers_0", **cfg.dtype_kwargs())(h)
         return constrain_video(h)
 
 
@@ -365,7 +343,7 @@ class UNet3D(nn.Module):
         if timesteps.shape != (batch,):
             raise ValueError(f"timesteps must be a scalar or [{batch}], got {timesteps.shape}")
 
-        kw = _kw(cfg)
+        kw = cfg.dtype_kwargs()
         dtype = cfg.compute_dtype
         t_features = timestep_embedding(timesteps, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = TimestepEmbedding(4 * cfg.block_out_channels[0], name="time_embedding", **kw)(t_features.astype(dtype))

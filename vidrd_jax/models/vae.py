@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from vidrd_jax.models.layers import (
-    DTYPES, GROUPNORM_SCOPES, REMAT_POLICIES, Downsample, GroupNorm, ResnetBlock, Upsample, constrain_video, conv,
-    dense, dot_product_attention, remat_block, resolve_dtype)
+    DTYPES, GROUPNORM_SCOPES, REMAT_POLICIES, Downsample, GroupNorm, ModelConfigMixin, ResnetBlock, Upsample,
+    constrain_video, conv, dense, dot_product_attention, remat_block)
 from vidrd_jax.models.temporal_layers import TemporalConv
 
 Array = jax.Array
@@ -27,7 +27,7 @@ LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution clamps th
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(ModelConfigMixin):
     """Architecture of :class:`AutoencoderKL`; the defaults are SD (1.x/2.x) + VidRD's temporal decoder.
 
     Attributes:
@@ -103,17 +103,6 @@ class VAEConfig:
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "VAEConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"VAEConfig.from_dict: unknown field(s) {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
     @classmethod
     def from_diffusers(cls, config_json: Mapping[str, Any], **overrides: Any) -> "VAEConfig":
@@ -142,21 +131,11 @@ class VAEConfig:
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    @property
-    def compute_dtype(self):
-        return resolve_dtype(self.dtype, "dtype")
 
-    @property
-    def params_dtype(self):
-        return resolve_dtype(self.param_dtype, "param_dtype")
-
-
-def _kw(cfg: VAEConfig) -> dict[str, Any]:
-    return dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
 
 
 def _resnet(cfg: VAEConfig, channels: int, name: str) -> ResnetBlock:
-    return ResnetBlock(channels, cfg.norm_num_groups, cfg.norm_eps, "frame", name=name, **_kw(cfg))
+    return ResnetBlock(channels, cfg.norm_num_groups, cfg.norm_eps, "frame", name=name, **cfg.dtype_kwargs())
 
 
 class MidBlockAttention(nn.Module):
@@ -171,10 +150,11 @@ class MidBlockAttention(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         n, hh, ww, c = x.shape
-        h = GroupNorm(cfg.norm_num_groups, cfg.norm_eps, name="group_norm", **_kw(cfg))(x).reshape(n, hh * ww, 1, c)
-        q, k, v = (dense(c, ("embed", "heads"), name=name, **_kw(cfg))(h) for name in ("to_q", "to_k", "to_v"))
+        kw = cfg.dtype_kwargs()
+        h = GroupNorm(cfg.norm_num_groups, cfg.norm_eps, name="group_norm", **kw)(x).reshape(n, hh * ww, 1, c)
+        q, k, v = (dense(c, ("embed", "heads"), name=name, **kw)(h) for name in ("to_q", "to_k", "to_v"))
         out = dot_product_attention(q, k, v).reshape(n, hh * ww, c)
-        return dense(c, ("heads", "embed"), name="to_out_0", **_kw(cfg))(out).reshape(x.shape) + x
+        return dense(c, ("heads", "embed"), name="to_out_0", **kw)(out).reshape(x.shape) + x
 
 
 class MidBlock(nn.Module):
@@ -201,7 +181,7 @@ class DownEncoderBlock(nn.Module):
         for j in range(cfg.layers_per_block):
             x = _resnet(cfg, channels, f"resnets_{j}")(x)
         if self.index < len(cfg.block_out_channels) - 1:
-            x = Downsample(channels, ((0, 1), (0, 1)), name="downsamplers_0", **_kw(cfg))(x)
+            x = Downsample(channels, ((0, 1), (0, 1)), name="downsamplers_0", **cfg.dtype_kwargs())(x)
         return constrain_video(x)
 
 
@@ -221,11 +201,12 @@ class UpDecoderBlock(nn.Module):
             x = _resnet(cfg, channels, f"resnets_{j}")(x)
             if cfg.use_temporal_decoder:
                 clip = x.reshape((-1, num_frames) + x.shape[1:])
-                clip = TemporalConv(cfg.temporal_conv_layers, cfg.norm_num_groups, cfg.temporal_norm_eps, cfg.dropout,
-                                    cfg.groupnorm_scope, name=f"temp_convs_{j}", **_kw(cfg))(clip, deterministic)
+                temporal = TemporalConv(cfg.temporal_conv_layers, cfg.norm_num_groups, cfg.temporal_norm_eps,
+                                        cfg.dropout, cfg.groupnorm_scope, name=f"temp_convs_{j}", **cfg.dtype_kwargs())
+                clip = temporal(clip, deterministic)
                 x = clip.reshape(x.shape)
         if self.index < len(cfg.block_out_channels) - 1:
-            x = Upsample(channels, name="upsamplers_0", **_kw(cfg))(x)
+            x = Upsample(channels, name="upsamplers_0", **cfg.dtype_kwargs())(x)
         return constrain_video(x)
 
 
@@ -236,7 +217,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        kw = _kw(cfg)
+        kw = cfg.dtype_kwargs()
         h = conv(cfg.block_out_channels[0], (3, 3), name="conv_in", **kw)(x)
         block_cls = remat_block(DownEncoderBlock, cfg.remat_policy, static_argnums=())
         for i in range(len(cfg.block_out_channels)):
@@ -253,7 +234,7 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, z: Array, num_frames: int, deterministic: bool) -> Array:
         cfg = self.config
-        kw = _kw(cfg)
+        kw = cfg.dtype_kwargs()
         h = conv(cfg.block_out_channels[-1], (3, 3), name="conv_in", **kw)(z)
         h = MidBlock(cfg, name="mid_block")(h)
         block_cls = remat_block(UpDecoderBlock, cfg.remat_policy, static_argnums=(2, 3))
@@ -278,7 +259,7 @@ class AutoencoderKL(nn.Module):
 
     def setup(self):
         cfg = self.config
-        kw = _kw(cfg)
+        kw = cfg.dtype_kwargs()
         self.encoder = Encoder(cfg)
         self.quant_conv = conv(2 * cfg.latent_channels, (1, 1), **kw)
         self.post_quant_conv = conv(cfg.latent_channels, (1, 1), **kw)
