@@ -1,10 +1,10 @@
 r"""Temporal-aware decoder fine-tuning (paper §4.4, eq. 9, §5.1): only the VAE decoder's Temp-Conv layers train,
 against a 3-D patch discriminator, with α_rec = 1, α_reg = 1e-5, α_disc = 0.5 and LDM's adaptive weight.
 
-    # SD-2.1 size, 8 keyframes at 256²: fine-tune the VAE of a VAE-only inference checkpoint (fresh, zero-initialised
-    # Temp-Convs), export it into the full VidRD checkpoint (its UNet and text encoder are kept as stored)
+    # SD-2.1 size, 8 keyframes at 256²: fine-tune the VAE of a full VidRD checkpoint (its fresh, zero-initialised
+    # Temp-Convs); the export keeps that checkpoint's UNet and text encoder as stored
     python -m vidrd_jax.train --workdir gs://bucket/vidrd_vae_temporal \
-        --config configs/vae_temporal.py:init_from=ckpt/sd21_vae,export_into=ckpt/vidrd_256,lpips_dir=weights/lpips
+        --config configs/vae_temporal.py:init_from=ckpt/vidrd_256,lpips_dir=weights/lpips
     python -m vidrd_jax.export --workdir gs://bucket/vidrd_vae_temporal --out ckpt/vidrd_256_temporal_vae
 
     # CPU demo: a small VAE (e.g. the one benchmarks/vae_temporal.py pre-trains) on the built-in clips, 16², 8 frames
@@ -15,11 +15,7 @@ Argument: comma-separated; an optional first word ``demo`` (small model, CPU) an
 (inference checkpoint whose ``vae`` part is fine-tuned; "" = fresh init of the preset, only useful for timing),
 ``export_into`` (inference checkpoint whose other models the export keeps; default ``init_from``), ``lpips_dir``
 (LPIPS weights folder, see ``vidrd_jax.models.lpips``; "" = L1 only), and any Table 1 dataset name -> index file
-(``data_pipelines.config.get_paper_config``). ``init_from`` must hold only the VAE until
-``checkpoints.load_pretrained_params`` skips a checkpoint's other models; to cut one out of a full checkpoint::
-
-    params, cfg = checkpoints.load_inference_checkpoint("ckpt/vidrd_256")
-    checkpoints.save_inference_checkpoint("ckpt/sd21_vae", {"vae": params["vae"]}, {"vae": cfg["vae"]})
+(``data_pipelines.config.get_paper_config``). Only ``init_from`` 's ``vae`` is read.
 
 What to watch (metrics.jsonl; the sample hook logs ``VAETemporalTask.evaluate``): ``{mean,sample}/delta/psnr`` > 0,
 ``{mean,sample}/delta/flicker_interior`` < 0 (frames inside the clip flicker less than with the image decoder),

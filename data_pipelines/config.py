@@ -75,6 +75,18 @@ def get_paper_config(index_paths: Mapping[str, str]) -> ml_collections.ConfigDic
     return cfg
 
 
+def with_shapes_split(cfg: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
+    """A copy of ``cfg`` whose only sources are its ``shapes`` sources, switched to ``split`` (e.g. "heldout":
+    evaluation clips of combinations training never saw); raises if ``cfg`` has no ``shapes`` source."""
+    shapes = [spec for spec in cfg.sources if spec["kind"] == "shapes"]
+    if not shapes:
+        raise ValueError(f"split={split!r}: the data config has no 'shapes' source to take that split from")
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    out.sources = [source(spec["name"], "shapes", spec["weight"], **{**dict(spec["params"]), "split": split})
+                   for spec in shapes]
+    return out
+
+
 def resolution_hw(resolution) -> tuple[int, int]:
     """``256`` or ``(256, 256)`` -> ``(256, 256)``; raises naming ``resolution``."""
     if isinstance(resolution, int) and not isinstance(resolution, bool):

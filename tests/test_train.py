@@ -1,4 +1,4 @@
-"""In-process trainer tests on the 8 fake CPU devices, with the test-size demo config (``configs/demo.py:runlocal``).
+"""In-process trainer tests on the 8 fake CPU devices, with the tiny config (``configs/tiny.py``).
 
 The module builds two trainers for the same config, one on a 2 x 4 (data x fsdp) mesh and one on a single device,
 creates the state once (sharded: restored onto the shardings, optimizer state and EMA made by ``jit(out_shardings=
@@ -20,14 +20,14 @@ from vidrd_jax import train_state as ts
 from vidrd_jax.tasks import Task
 from vidrd_jax.tasks.denoising import PAPER_TRAINABLE_REGEX, DenoisingTask
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
 
 
-def demo_config(arg: str = "runlocal"):
-    spec = importlib.util.spec_from_file_location("demo_config", DEMO_CONFIG)
+def tiny_config():
+    spec = importlib.util.spec_from_file_location("tiny_config", TINY_CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module.get_config()
 
 
 def _host(tree):
@@ -63,7 +63,7 @@ def write_random_checkpoint(config, directory: str, seed: int = 0) -> str:
 def setup(tmp_path_factory):
     import data_pipelines
 
-    config = demo_config()
+    config = tiny_config()
     # Start from a checkpoint (the SD-2.1 path): no init program to compile. Fresh init: test_train_processes.py.
     config.model.init_from = write_random_checkpoint(config, str(tmp_path_factory.mktemp("init")))
     config.batch_size = 8  # 8 batch shards on the 2 x 4 mesh
@@ -150,7 +150,7 @@ def test_frozen_params_stay_bit_identical_and_nonfinite_batches_are_skipped(setu
     assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(final.trainable),
                                                          jax.tree.leaves(after.trainable)))
     _assert_trees_equal(final.frozen, host_state.frozen)  # VAE, text encoder and frozen UNet leaves untouched
-    assert set(final.frozen) == {"vae", "text_encoder"}  # demo: all of the UNet trains
+    assert set(final.frozen) == {"vae", "text_encoder"}  # tiny: all of the UNet trains
     # Frozen parameters have no optimizer state (Adam keeps 2 moments per trainable value, plus scalar counters).
     size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
     assert 0 <= size(final.opt_state) - 2 * size(final.trainable) < 10 < size(final.frozen)
@@ -179,7 +179,7 @@ def test_config_errors_name_the_field():
              ("trainable_regex", "(", "config.trainable_regex"), ("model.preset", "huge", "config.model.preset"),
              ("checkpoint.keep", 0, "config.checkpoint.keep")]
     for field, value, message in cases:
-        config = demo_config()
+        config = tiny_config()
         *parents, leaf = field.split(".")
         node = config
         for name in parents:
@@ -187,11 +187,11 @@ def test_config_errors_name_the_field():
         node[leaf] = value
         with pytest.raises(ValueError, match=re.escape(message)):
             train_config.validate_config(config)
-    config = demo_config()
+    config = tiny_config()
     config.batch_size = 6
     with pytest.raises(ValueError, match=r"config.batch_size / config.grad_accum_steps = 6 .* 4 batch shards"):
         train.build_trainer(config, devices=jax.devices()[:4])
-    config = demo_config()
+    config = tiny_config()
     config.trainable_regex = r"^nothing/"
     with pytest.raises(ValueError, match=re.escape("config.trainable_regex='^nothing/' matches no parameter")):
         train.build_trainer(config, devices=jax.devices()[:1])

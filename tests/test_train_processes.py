@@ -1,4 +1,4 @@
-"""The trainer as separate processes (``python -m vidrd_jax.train --config configs/demo.py:runlocal``):
+"""The trainer as separate processes (``python -m vidrd_jax.train --config configs/tiny.py``):
 
 * a run SIGKILLed after its first checkpoint, restarted (past a planted, never-committed checkpoint) and stopped by
   SIGTERM ends exactly where a straight run is at that step: parameters, optimizer state, EMA, RNG, data order;
@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
 
 
-def demo_config():
-    spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
+def tiny_config():
+    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config("runlocal")
+    return module.get_config()
 
 
 def _env(devices: int) -> dict:
@@ -53,7 +53,7 @@ def cache(tmp_path_factory):
 
 
 def _train_cmd(workdir, cache: str, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "vidrd_jax.train", "--config", "configs/demo.py:runlocal", "--workdir",
+    return [sys.executable, "-m", "vidrd_jax.train", "--config", "configs/tiny.py", "--workdir",
             str(workdir), "--config.progress_bar=False", f"--config.compilation_cache_dir={cache}",
             "--verbosity=-1", *overrides]
 
@@ -130,7 +130,7 @@ def runs(tmp_path_factory, cache):
     return dict(straight=straight, resumed=resumed, killed_at=killed_at, stopped_at=stopped_at, planted=planted)
 
 
-def test_demo_loss_falls(runs):
+def test_tiny_loss_falls(runs):
     losses = _losses(runs["straight"])
     n = runs["stopped_at"]
     assert sorted(losses) == list(range(1, n + 1)) and n >= 24
@@ -145,7 +145,7 @@ def test_sample_videos_from_the_ema_weights(runs):
     from vidrd_jax import media
 
     n = runs["stopped_at"]
-    config = demo_config()
+    config = tiny_config()
     for i in range(len(config.sample.prompts)):
         video = media.read_video(runs["straight"] / "samples" / f"step_{n:08d}_{i}.gif")
         assert video.shape == (config.sample.num_frames, config.sample.height, config.sample.width, 3)
@@ -193,9 +193,9 @@ _EMULATE = r"""
 import importlib.util, json, sys
 import jax, numpy as np, data_pipelines
 from vidrd_jax import parallel, train
-spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
+spec = importlib.util.spec_from_file_location("demo", "configs/tiny.py")
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-config = module.get_config("runlocal")
+config = module.get_config()
 config.model.init_from, out = sys.argv[1], sys.argv[2]
 trainer = train.build_trainer(config)  # 1 device: the straight run's step program (compilation cache hit)
 iterators = [data_pipelines.make_iterator(config.data, batch_size=config.batch_size // 2, process_index=i,
@@ -219,7 +219,7 @@ for it in iterators:
 
 
 def _write_random_checkpoint(directory: Path) -> str:
-    config = demo_config()
+    config = tiny_config()
     task = DenoisingTask(config)
     shapes, _ = task.abstract_params()
     rng = np.random.default_rng(1)

@@ -73,7 +73,9 @@ def load_pretrained_params(directory: str, target: Mapping[str, Any], allow_miss
     """Reads the parameters of inference checkpoint ``directory`` that ``target`` also has, onto ``target``'s devices.
 
     ``target`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` (the model being trained); values are cast to
-    its dtypes. Every checkpoint tensor must exist in ``target`` with the same shape; target parameters missing from
+    its dtypes. Models (top-level keys) that ``target`` lacks are skipped, so the VAE of a full VidRD checkpoint can
+    be fine-tuned on its own. Every tensor of the other models must exist in ``target`` with the same shape; target
+    parameters missing from
     the checkpoint are allowed only if their path matches the regex ``allow_missing`` (e.g. ``"temp_"``: VidRD's new
     temporal layers keep their fresh init on top of an SD-2.1 conversion). Returns ``(flat {path: array},
     missing_paths)``; raises one ``ValueError`` listing every problem.
@@ -83,6 +85,7 @@ def load_pretrained_params(directory: str, target: Mapping[str, Any], allow_miss
     params_dir = epath.Path(absolute(directory)) / PARAMS_DIR
     load_model_config(directory)
     stored = flatten(ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree)
+    stored = {p: v for p, v in stored.items() if p.split("/", 1)[0] in target}
     wanted = flatten(target)
     unexpected = sorted(stored.keys() - wanted.keys())
     missing = sorted(wanted.keys() - stored.keys())

@@ -1,5 +1,8 @@
 """The trainer: ``python -m vidrd_jax.train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]``.
 
+A config with ``stages`` (``configs/demo.py``) chains several runs of this trainer plus generation and evaluation
+(:mod:`vidrd_jax.stages`).
+
 One loop for every task (``vidrd_jax.tasks``), in big_vision-style sections:
 
 1. config: validated (errors name the field), locked; JSON copy in every checkpoint.
@@ -11,7 +14,8 @@ One loop for every task (``vidrd_jax.tasks``), in big_vision-style sections:
    jitted with explicit in/out shardings, the state donated.
 6. checkpoints (Orbax, async) every ``checkpoint.every_steps``, at the end and on SIGTERM; a restart with the same
    workdir resumes from the latest complete checkpoint, bit for bit (state, RNG, data position).
-7. metrics to TensorBoard + ``metrics.jsonl``, tqdm progress, periodic EMA samples (``config.sample``).
+7. metrics to TensorBoard + ``metrics.jsonl``, tqdm progress; every ``config.sample.every_steps`` and after the last
+   step, the task's evaluation of the EMA weights (``eval/…`` metrics) and preview samples.
 """
 from __future__ import annotations
 
@@ -370,8 +374,15 @@ def _train_loop(trainer: Trainer, state: ts.TrainState, iterator: Iterator, ckpt
         preempted = watcher.reached(step)
         if step % config.checkpoint.every_steps == 0 or step == config.total_steps or preempted:
             ckpt.save(step, state, iterator, config_json)
-        if sample_every and step % sample_every == 0:
-            videos = task.sample(state.params(use_ema=True), jax.random.PRNGKey(config.seed + step))
+        if sample_every and (step % sample_every == 0 or step == config.total_steps):
+            params = state.params(use_ema=True)
+            evaluation = task.evaluate(params)
+            if evaluation:
+                logging.info("step %d evaluation: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in
+                                                                     sorted(evaluation.items())))
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in evaluation.items()})
+                writer.flush()
+            videos = task.sample(params, jax.random.PRNGKey(config.seed + step))
             if videos is not None:
                 videos = np.asarray(multihost_utils.process_allgather(videos, tiled=True))
                 if jax.process_index() == 0:
@@ -396,7 +407,13 @@ def main() -> None:
     def run(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        train_and_evaluate(config_flag.value, workdir_flag.value)
+        from vidrd_jax import stages
+
+        config = config_flag.value
+        if stages.is_staged(config):  # a staged config (configs/demo.py): every stage, each resuming
+            stages.run_stages(config, workdir_flag.value)
+        else:
+            train_and_evaluate(config, workdir_flag.value)
 
     app.run(run)
 

@@ -51,6 +51,16 @@ def training_target(schedule: NoiseSchedule, x0: jax.Array, noise: jax.Array, ti
     return get_velocity(schedule, x0, noise, timesteps)
 
 
+def min_snr_weight(schedule: NoiseSchedule, timesteps: jax.Array, gamma: float) -> jax.Array:
+    """Min-SNR-γ loss weights ``[B]`` (Hang et al. 2023): ``min(SNR_t, γ) / SNR_t`` for epsilon targets and
+    ``min(SNR_t, γ) / (SNR_t + 1)`` for velocity targets, with ``SNR_t = abar_t / (1 - abar_t)``; γ = 5 in the
+    paper. It stops the many easy low-noise steps from dominating eq. 3, which speeds up training severalfold."""
+    abar = jnp.asarray(schedule.alphas_cumprod, jnp.float32)[jnp.asarray(timesteps, jnp.int32)]
+    snr = abar / (1.0 - abar)
+    clipped = jnp.minimum(snr, gamma)
+    return clipped / (snr + 1.0) if schedule.prediction_type == "v_prediction" else clipped / snr
+
+
 def predict_x0_and_eps(sample: jax.Array, model_output: jax.Array, alpha: jax.Array,
                        prediction_type: str) -> tuple[jax.Array, jax.Array]:
     """``(x0_hat, eps_hat)`` from an epsilon or v prediction at noise level ``alpha = abar_t``."""

@@ -120,19 +120,27 @@ class LongVideoConfig:
 
 @dataclasses.dataclass(frozen=True)
 class _ClipPlan:
-    """The static (compile-time) part of a clip: everything in ``LongVideoConfig`` that shapes the program."""
+    """The static (compile-time) part of a clip: what shapes the program. The frame mapping, DSG steps and PNS
+    coefficients are traced (:class:`_ClipSettings`), so sweeping them reuses one compiled program."""
 
     num_frames: int
     num_prompt_frames: int
     ddim: DDIMConfig
-    source_frames: tuple[int, ...]
-    guided_steps: tuple[int, ...]
-    pns_coefficients: tuple[float, float]
 
     @classmethod
     def from_config(cls, config: LongVideoConfig) -> "_ClipPlan":
-        return cls(config.num_frames, config.num_prompt_frames, config.ddim, config.source_frames(),
-                   config.guided_steps(), config.pns_coefficients())
+        return cls(config.num_frames, config.num_prompt_frames, config.ddim)
+
+
+class _ClipSettings(NamedTuple):
+    source_frames: jax.Array  # int32 [N]
+    guided_steps: jax.Array  # int32 [M]
+    pns_coefficients: jax.Array  # float32 [2]
+
+    @classmethod
+    def from_config(cls, config: LongVideoConfig) -> "_ClipSettings":
+        return cls(jnp.asarray(config.source_frames(), jnp.int32), jnp.asarray(config.guided_steps(), jnp.int32),
+                   jnp.asarray(config.pns_coefficients(), jnp.float32))
 
 
 class LongVideoState(NamedTuple):
@@ -160,22 +168,21 @@ def _frame_mask(mask: np.ndarray | jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("eps_fn", "schedule", "plan"))
-def _sample_clip(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _ClipPlan, cond: Any, first: jax.Array,
-                 noise: jax.Array, prev: LongVideoState, step_noise: jax.Array | None) -> ClipResult:
+def _sample_clip(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _ClipPlan, settings: _ClipSettings, cond: Any,
+                 first: jax.Array, noise: jax.Array, prev: LongVideoState, step_noise: jax.Array | None) -> ClipResult:
     n, m, steps = plan.num_frames, plan.num_prompt_frames, plan.ddim.num_steps
-    src = np.asarray(plan.source_frames, np.int32)
+    src = settings.source_frames
     prompt_src = src[:m] - (n - m)  # positions of src(0..M-1) inside the trajectory's frames N-M .. N-1
     tables = ddim_tables(schedule, steps)
 
     # eq. 5-7: initial latents.
     reused = prev.init_latents[:, src]
-    pns_scale, noise_scale = plan.pns_coefficients
+    pns_scale, noise_scale = settings.pns_coefficients[0], settings.pns_coefficients[1]
     init = jnp.where(_frame_mask(np.arange(n) < m), reused, pns_scale * reused + noise_scale * noise)
     init = jnp.where(first, noise, init).astype(noise.dtype)
 
     # eq. 8: guide[s, k] = prompt frame k takes the previous clip's latent at step s.
-    guide = jnp.asarray(np.arange(steps)[:, None] < np.asarray(plan.guided_steps, np.int32)[None, :]) \
-        & jnp.logical_not(first)
+    guide = (jnp.arange(steps)[:, None] < settings.guided_steps[None, :]) & jnp.logical_not(first)
 
     def body(x, xs):
         t, alpha, alpha_prev, prev_x, guide_s, step_noise_s = xs
@@ -211,8 +218,8 @@ def sample_clip(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVideoConfig,
     elif tuple(state.init_latents.shape) != shape or tuple(state.trajectory.shape) != trajectory_shape:
         raise ValueError(f"state does not match this clip: init_latents {tuple(state.init_latents.shape)} (want "
                          f"{shape}), trajectory {tuple(state.trajectory.shape)} (want {trajectory_shape})")
-    return _sample_clip(eps_fn, schedule, _ClipPlan.from_config(config), cond, jnp.asarray(first), noise, state,
-                        step_noise)
+    return _sample_clip(eps_fn, schedule, _ClipPlan.from_config(config), _ClipSettings.from_config(config), cond,
+                        jnp.asarray(first), noise, state, step_noise)
 
 
 def generate_long_video(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVideoConfig, conds: Sequence[Any], *,

@@ -18,13 +18,16 @@ from vidrd_jax.models.layers import GROUPNORM_SCOPES, Attention, Dtype, GroupNor
 Array = jax.Array
 
 POSITION_EMBEDDINGS = ("residual", "attention", "none")
+TEMPORAL_PADDINGS = ("zeros", "replicate")
 
 
 class TemporalConv(nn.Module):
     """Temp-Conv: ``x + convs(x)`` with ``convs`` = ``num_layers`` x [GroupNorm -> SiLU -> Dropout -> Conv(3,1,1)].
 
-    Input/output ``[B, F, H, W, C]``. The conv kernel spans 3 frames with zero padding (1, 0, 0) and a bias; the
-    last conv is zero-initialised, so a fresh layer is the identity (§4.1). Parameter names match the official
+    Input/output ``[B, F, H, W, C]``. The conv kernel spans 3 frames and has a bias; ``padding`` of the frame axis
+    is ``zeros`` (official, (1, 0, 0)) or ``replicate`` (edge frames repeated, so the first and last frame see a
+    clip that looks static at its border rather than black). The last conv is zero-initialised, so a fresh layer is
+    the identity (§4.1) with either padding. Parameter names match the official
     flat ``convs`` ModuleList: GroupNorm ``convs_{4k}``, Conv3d ``convs_{4k+3}``. With one frame the layer returns
     its input unchanged (official: ``x + 0·convs(x)`` in the UNet, ``x`` in the VAE); its parameters are still
     created at init.
@@ -34,6 +37,8 @@ class TemporalConv(nn.Module):
     epsilon: float = 1e-5
     dropout: float = 0.1
     groupnorm_scope: str = "clip"
+    padding: str = "zeros"
+    zero_init: bool = True  # False: the last conv is initialised like the others (training from scratch)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -43,6 +48,8 @@ class TemporalConv(nn.Module):
             raise ValueError(f"TemporalConv expects x of shape [B, F, H, W, C], got {x.shape}")
         if self.groupnorm_scope not in GROUPNORM_SCOPES:
             raise ValueError(f"groupnorm_scope must be one of {GROUPNORM_SCOPES}, got {self.groupnorm_scope!r}")
+        if self.padding not in TEMPORAL_PADDINGS:
+            raise ValueError(f"padding must be one of {TEMPORAL_PADDINGS}, got {self.padding!r}")
         if x.shape[1] == 1 and not self.is_initializing():
             return x
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -51,8 +58,12 @@ class TemporalConv(nn.Module):
             h = group_norm(GroupNorm(self.num_groups, self.epsilon, name=f"convs_{4 * k}", **kw), h,
                            self.groupnorm_scope)
             h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
-            h = conv(x.shape[-1], (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), zero_init=k == self.num_layers - 1,
-                     name=f"convs_{4 * k + 3}", **kw)(h)
+            frame_padding = (1, 1)
+            if self.padding == "replicate":
+                h = jnp.pad(h, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)), mode="edge")
+                frame_padding = (0, 0)
+            h = conv(x.shape[-1], (3, 1, 1), padding=(frame_padding, (0, 0), (0, 0)),
+                     zero_init=self.zero_init and k == self.num_layers - 1, name=f"convs_{4 * k + 3}", **kw)(h)
         return x + h
 
 

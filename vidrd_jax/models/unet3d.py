@@ -44,6 +44,9 @@ class UNet3DConfig(ModelConfigMixin):
       norm_num_groups / norm_eps: GroupNorm of ResNets, Temp-Conv and ``conv_norm_out``.
       flip_sin_to_cos / freq_shift: sinusoidal timestep features (SD: True / 0).
       use_temporal: add Temp-Conv and Temp-Attn (False gives SD's 2D UNet applied per frame).
+      temporal_zero_init: zero-initialise the last layer of every Temp-Conv and Temp-Attn (§4.1: a fresh video
+        UNet is the image UNet). False initialises them like every other layer: a live temporal path from the
+        first step, for models trained from scratch (no image model to preserve).
       temporal_conv_layers: GroupNorm-SiLU-Dropout-Conv sub-layers per Temp-Conv (official: 4).
       temporal_position_embedding: ``residual`` (official) | ``attention`` | ``none``; see
         :func:`vidrd_jax.models.temporal_layers.temporal_attention`.
@@ -68,6 +71,7 @@ class UNet3DConfig(ModelConfigMixin):
     flip_sin_to_cos: bool = True
     freq_shift: int = 0
     use_temporal: bool = True
+    temporal_zero_init: bool = True
     temporal_conv_layers: int = 4
     temporal_position_embedding: str = "residual"
     groupnorm_scope: str = "clip"
@@ -207,6 +211,7 @@ class BasicTransformerBlock(nn.Module):
     use_temporal: bool = True
     temporal_position_embedding: str = "residual"
     attention_impl: str = "plain"
+    temporal_zero_init: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -221,7 +226,8 @@ class BasicTransformerBlock(nn.Module):
         h = attn("attn2")(layer_norm(LAYER_NORM_EPS, name="norm2", **kw)(h), context[:, None]) + h
         if self.use_temporal:
             h = temporal_attention(h, layer_norm(LAYER_NORM_EPS, name="temp_norm", **kw),
-                                   attn("temp_attn", zero_out=True), self.temporal_position_embedding,
+                                   attn("temp_attn", zero_out=self.temporal_zero_init),
+                                   self.temporal_position_embedding,
                                    initializing=self.is_initializing())
         return FeedForward(name="ff", **kw)(layer_norm(LAYER_NORM_EPS, name="norm3", **kw)(h)) + h
 
@@ -239,7 +245,8 @@ class Transformer3D(nn.Module):
         h = group_norm(norm, x, "frame")
         h = dense(c, ("embed", "mlp"), name="proj_in", **cfg.dtype_kwargs())(h.reshape(b, f, hh * ww, c))
         h = BasicTransformerBlock(self.heads, cfg.use_temporal, cfg.temporal_position_embedding,
-                                  cfg.attention_impl, name="transformer_blocks_0", **cfg.dtype_kwargs())(h, context)
+                                  cfg.attention_impl, cfg.temporal_zero_init, name="transformer_blocks_0",
+                                  **cfg.dtype_kwargs())(h, context)
         h = dense(c, ("mlp", "embed"), name="proj_out", **cfg.dtype_kwargs())(h)
         return h.reshape(x.shape) + x
 
@@ -253,7 +260,8 @@ def _resnet_temporal(cfg: UNet3DConfig, j: int, channels: int, h: Array, temb: A
                     **cfg.dtype_kwargs())(h, temb)
     if cfg.use_temporal:
         h = TemporalConv(cfg.temporal_conv_layers, cfg.norm_num_groups, cfg.norm_eps, cfg.dropout,
-                         cfg.groupnorm_scope, name=f"temp_convs_{j}", **cfg.dtype_kwargs())(h, deterministic)
+                         cfg.groupnorm_scope, zero_init=cfg.temporal_zero_init, name=f"temp_convs_{j}",
+                         **cfg.dtype_kwargs())(h, deterministic)
     return h
 
 

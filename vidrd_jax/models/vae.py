@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from vidrd_jax.models.layers import (
     DTYPES, GROUPNORM_SCOPES, REMAT_POLICIES, Downsample, GroupNorm, ModelConfigMixin, ResnetBlock, Upsample,
     constrain_video, conv, dense, dot_product_attention, remat_block)
-from vidrd_jax.models.temporal_layers import TemporalConv
+from vidrd_jax.models.temporal_layers import TEMPORAL_PADDINGS, TemporalConv
 
 Array = jax.Array
 
@@ -40,6 +40,8 @@ class VAEConfig(ModelConfigMixin):
       temporal_conv_layers / temporal_norm_eps / dropout: Temp-Conv sub-layers (official: 3), their GroupNorm eps
         (1e-5) and dropout rate (0.1).
       groupnorm_scope: Temp-Conv GroupNorm statistics over the whole clip (``clip``, official) or per frame.
+      temporal_padding: Temp-Conv padding of the frame axis, ``zeros`` (official) | ``replicate`` (see
+        :class:`~vidrd_jax.models.temporal_layers.TemporalConv`; no parameter changes, so weights load either way).
       dtype / param_dtype: ``float32`` | ``bfloat16``.
       remat_policy: rematerialisation of each encoder/decoder level (see ``layers.REMAT_POLICIES``).
     """
@@ -56,6 +58,7 @@ class VAEConfig(ModelConfigMixin):
     temporal_norm_eps: float = 1e-5
     dropout: float = 0.1
     groupnorm_scope: str = "clip"
+    temporal_padding: str = "zeros"
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
@@ -85,8 +88,8 @@ class VAEConfig(ModelConfigMixin):
                 fail(name, f"must be > 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             fail("dropout", f"must be in [0, 1), got {self.dropout!r}")
-        choices = {"groupnorm_scope": GROUPNORM_SCOPES, "dtype": tuple(DTYPES), "param_dtype": tuple(DTYPES),
-                   "remat_policy": REMAT_POLICIES}
+        choices = {"groupnorm_scope": GROUPNORM_SCOPES, "temporal_padding": TEMPORAL_PADDINGS, "dtype": tuple(DTYPES),
+                   "param_dtype": tuple(DTYPES), "remat_policy": REMAT_POLICIES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
@@ -202,7 +205,8 @@ class UpDecoderBlock(nn.Module):
             if cfg.use_temporal_decoder:
                 clip = x.reshape((-1, num_frames) + x.shape[1:])
                 temporal = TemporalConv(cfg.temporal_conv_layers, cfg.norm_num_groups, cfg.temporal_norm_eps,
-                                        cfg.dropout, cfg.groupnorm_scope, name=f"temp_convs_{j}", **cfg.dtype_kwargs())
+                                        cfg.dropout, cfg.groupnorm_scope, cfg.temporal_padding, name=f"temp_convs_{j}",
+                                        **cfg.dtype_kwargs())
                 clip = temporal(clip, deterministic)
                 x = clip.reshape(x.shape)
         if self.index < len(cfg.block_out_channels) - 1:

@@ -27,6 +27,7 @@ import numpy as np
 Params = dict[str, Any]
 
 TASKS = {
+    "autoencoder": "vidrd_jax.tasks.autoencoder:AutoencoderTask",
     "denoising": "vidrd_jax.tasks.denoising:DenoisingTask",
     "vae_temporal": "vidrd_jax.tasks.vae_temporal:VAETemporalTask",
 }
@@ -86,6 +87,14 @@ class Task(abc.ABC):
         taken) lets a loss switch terms on late (e.g. a GAN's discriminator)."""
 
     # --- outputs ---------------------------------------------------------------------------------------------
+    def evaluate(self, params: Params) -> dict[str, float] | None:
+        """Scalar evaluation metrics of ``params`` (the EMA when kept), or ``None`` if the task has none.
+
+        The trainer calls it with the sample hook (``config.sample.every_steps``) and after the last step, and logs
+        the result under ``eval/`` in ``metrics.jsonl`` / TensorBoard.
+        """
+        return None
+
     def sample(self, params: Params, rng: jax.Array) -> jax.Array | None:
         """uint8 ``[N, T, H, W, 3]`` preview videos for the periodic sample hook, or ``None`` if not supported."""
         return None

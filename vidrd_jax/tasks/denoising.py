@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from vidrd_jax import checkpoints, train_state
-from vidrd_jax.diffusion.ddim import add_noise, ddim_sample, training_target
+from vidrd_jax.diffusion.ddim import add_noise, ddim_sample, min_snr_weight, training_target
 from vidrd_jax.diffusion.guidance import ClassifierFreeGuidance
 from vidrd_jax.diffusion.schedule import DDIMConfig, NoiseSchedule
 from vidrd_jax.models import factory
@@ -41,9 +41,10 @@ LABEL = "unet"
 
 
 def _model_config(kind: str, base: Mapping[str, Any] | None, preset: str, overrides: ml_collections.ConfigDict):
-    """A model config: the checkpoint's (``base``) or the ``preset`` 's, with ``overrides`` applied."""
+    """A model config: the checkpoint's (``base``) or, for a model it lacks, the ``preset`` 's; ``overrides`` applied.
+    """
     cls = factory.CONFIG_CLASSES[kind]
-    fields = dict(base[kind]) if base is not None else getattr(cls, preset)().to_dict()
+    fields = dict(base[kind]) if base is not None and kind in base else getattr(cls, preset)().to_dict()
     fields["param_dtype"] = "float32"  # fp32 master weights (a bf16 export used as init_from is cast up)
     fields.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.to_dict().items()})
     try:
@@ -66,7 +67,7 @@ class DenoisingTask(Task):
         c = ml_collections.ConfigDict()
         c.model = ml_collections.ConfigDict(dict(
             init_from="",  # inference checkpoint dir (e.g. converted SD-2.1); "" = fresh init of `preset`
-            preset="tiny",  # tiny | sd21, used when init_from is ""
+            preset="tiny",  # tiny | sd21: models init_from lacks (all when it is "") are fresh inits of the preset
             allow_missing="temp_",  # regex of params absent from init_from that keep their fresh init
             tokenizer="",  # tokenizer folder; "" = init_from's, else the built-in CLIP BPE
             unet=ml_collections.ConfigDict(dict(dtype="float32", remat_policy="none", attention_impl="plain")),
@@ -75,6 +76,7 @@ class DenoisingTask(Task):
             scheduler=ml_collections.ConfigDict(),
         ))
         c.trainable_regex = PAPER_TRAINABLE_REGEX
+        c.snr_gamma = 0.0  # > 0: Min-SNR-γ weighting of eq. 3 (diffusion.ddim.min_snr_weight); 0 = plain eq. 3
         c.sample = ml_collections.ConfigDict(dict(
             every_steps=0,  # 0 = off
             prompts=("a corgi running on the beach, sunset",), negative_prompt="", num_frames=8, height=256,
@@ -84,8 +86,8 @@ class DenoisingTask(Task):
     @classmethod
     def validate_config(cls, config: ml_collections.ConfigDict) -> None:
         m = config.model
-        if not m.init_from and m.preset not in PRESETS:
-            raise ValueError(f"config.model.preset must be one of {PRESETS} when init_from is empty, got {m.preset!r}")
+        if m.preset not in PRESETS:
+            raise ValueError(f"config.model.preset must be one of {PRESETS}, got {m.preset!r}")
         if m.init_from:
             checkpoints.load_model_config(m.init_from)  # raises naming the directory if it is not a checkpoint
         for field, pattern in (("trainable_regex", config.trainable_regex), ("model.allow_missing", m.allow_missing)):
@@ -93,6 +95,8 @@ class DenoisingTask(Task):
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"config.{field}: invalid regex {pattern!r} ({e})") from e
+        if not config.snr_gamma >= 0:
+            raise ValueError(f"config.snr_gamma must be >= 0 (0 = unweighted eq. 3), got {config.snr_gamma!r}")
         s = config.sample
         if s.every_steps < 0:
             raise ValueError(f"config.sample.every_steps must be >= 0 (0 = off), got {s.every_steps}")
@@ -110,7 +114,8 @@ class DenoisingTask(Task):
         m = config.model
         base = checkpoints.load_model_config(m.init_from) if m.init_from else None
         self.model_configs = {kind: _model_config(kind, base, m.preset, m[kind]) for kind in MODELS}
-        schedule = NoiseSchedule.from_diffusers(base["scheduler"]) if base else NoiseSchedule.sd21_base()
+        schedule = NoiseSchedule.from_diffusers(base["scheduler"]) if base and "scheduler" in base \
+            else NoiseSchedule.sd21_base()
         overrides = m.scheduler.to_dict()
         self.schedule = NoiseSchedule.from_diffusers({**schedule.to_dict(), **overrides}) if overrides else schedule
         tokenizer = m.tokenizer or (base or {}).get("tokenizer") or None
@@ -172,7 +177,10 @@ class DenoisingTask(Task):
         return self.models["text_encoder"].apply({"params": params["text_encoder"]}, input_ids)
 
     def preprocess(self, params: Params, batch: Mapping[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
-        """Scaled posterior-sample latents ``[B, F, h, w, 4]`` and text embeddings, without gradients."""
+        """Scaled posterior-sample latents ``[B, F, h, w, 4]`` (no gradient) and the token ids.
+
+        The text encoder runs in :meth:`loss`, so it trains when ``trainable_regex`` selects it (autodiff skips it
+        while it is frozen)."""
         video = batch["video"]
         b, f = video.shape[:2]
         mean, logvar = self.models["vae"].apply({"params": params["vae"]}, video.reshape((b * f,) + video.shape[2:]),
@@ -180,21 +188,26 @@ class DenoisingTask(Task):
         mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, jnp.float32)
         latents = (z * self.scaling_factor).reshape((b, f) + z.shape[1:])
-        text = self.encode_text(params, batch["input_ids"])
-        return jax.lax.stop_gradient({"latents": latents, "text": text})
+        return {"latents": jax.lax.stop_gradient(latents), "input_ids": batch["input_ids"]}
 
     def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Eq. 3: mean squared error between the UNet output and the epsilon / velocity target."""
+        """Eq. 3: mean squared error between the UNet output and the epsilon / velocity target (per clip weighted by
+        Min-SNR-γ when ``config.snr_gamma`` > 0)."""
         z0 = inputs["latents"]
         t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
         t = jax.random.randint(t_rng, (z0.shape[0],), 0, self.schedule.num_train_timesteps)
         noise = jax.random.normal(noise_rng, z0.shape, jnp.float32)
         z_t = add_noise(self.schedule, z0, noise, t)
-        pred = self.models["unet"].apply({"params": params["unet"]}, z_t, t, inputs["text"], deterministic=False,
+        text = self.encode_text(params, inputs["input_ids"])
+        pred = self.models["unet"].apply({"params": params["unet"]}, z_t, t, text, deterministic=False,
                                          rngs={"dropout": dropout_rng})
         target = training_target(self.schedule, z0, noise, t)
-        return jnp.mean(jnp.square(pred.astype(jnp.float32) - target)), {}
+        errors = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=tuple(range(1, z0.ndim)))
+        if self.config.snr_gamma > 0:
+            weighted = jnp.mean(min_snr_weight(self.schedule, t, self.config.snr_gamma) * errors)
+            return weighted, {"unweighted_loss": jnp.mean(errors)}
+        return jnp.mean(errors), {}
 
     # --- outputs ---------------------------------------------------------------------------------------------
     @functools.cached_property

@@ -7,7 +7,8 @@ Each clip is encoded frame by frame (a posterior sample, as LDM's autoencoder tr
 
     L = α_rec·L_rec(x, D(E(x))) + α_reg·L_reg(x; E, D) + α_disc·λ·L_disc(D(E(x)))          (eq. 9)
 
-* ``L_rec`` = mean |x − x̂| + ``perceptual_weight``·LPIPS(x, x̂) (per frame, when ``loss.lpips_dir`` is set).
+* ``L_rec`` = mean |x − x̂| (``loss.pixel_loss = "l2"``: mean squared error) + ``perceptual_weight``·LPIPS(x, x̂)
+  (per frame, when ``loss.lpips_dir`` is set).
   LDM sums the pixel term over pixels; the mean only rescales L_rec, which the adaptive weight λ compensates.
 * ``L_reg`` = KL(q(z|x) ‖ N(0, I)), summed over latent elements and averaged over frames (LDM's convention). With
   the encoder frozen it is a constant: it is logged, it has no gradient.
@@ -41,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from jax.sharding import PartitionSpec
 
 from vidrd_jax import checkpoints, train_state, video_metrics
@@ -112,6 +112,10 @@ def _to_uint8(x: jax.Array) -> jax.Array:
 class VAETemporalTask(Task):
     """Fine-tunes the Temp-Conv layers of the VAE decoder with eq. 9 against a 3-D patch discriminator."""
 
+    min_frames = 2  # frames per training clip
+    trainable_prefix = "vae/decoder/"  # the encoder stays frozen (§4.4)
+    needs_temporal_decoder = True
+
     @classmethod
     def config_defaults(cls) -> ml_collections.ConfigDict:
         """``model``, ``loss``, ``trainable_regex``, ``discriminator_optimizer``, ``sample`` (eval + previews).
@@ -132,7 +136,8 @@ class VAETemporalTask(Task):
         c.loss = ml_collections.ConfigDict(dict(
             rec_weight=1.0,  # α_rec (§5.1)
             reg_weight=1e-5,  # α_reg (§5.1)
-            disc_weight=0.5,  # α_disc (§5.1)
+            disc_weight=0.5,  # α_disc (§5.1); 0 = no discriminator (no parameters, no computation)
+            pixel_loss="l1",  # "l1" (LDM) | "l2" (mean squared error: faster to learn for a small model from scratch)
             perceptual_weight=1.0,  # LPIPS weight inside L_rec (LDM: 1.0); used when lpips_dir is set
             lpips_dir="",  # LPIPS weights folder (vidrd_jax.models.lpips); "" = L1 only
             disc_start=0,  # step from which L_disc and the discriminator loss count (LDM trains D late)
@@ -147,6 +152,7 @@ class VAETemporalTask(Task):
             batch_size=8,  # clips per evaluation batch
             num_batches=1,  # evaluation batches (fixed clips of config.data, drawn with `seed`)
             seed=1234,
+            split="",  # built-in shapes split of the evaluation clips ("heldout": unseen combos); "" = config.data's
             num_previews=4,  # clips written as [input | image decoder | temporal decoder] previews
             fps=8.0))
         return c
@@ -172,6 +178,8 @@ class VAETemporalTask(Task):
         for name in ("rec_weight", "reg_weight", "disc_weight", "perceptual_weight"):
             if not loss[name] >= 0:
                 raise ValueError(f"config.loss.{name} must be >= 0, got {loss[name]!r}")
+        if loss.pixel_loss not in ("l1", "l2"):
+            raise ValueError(f"config.loss.pixel_loss must be 'l1' or 'l2', got {loss.pixel_loss!r}")
         if not loss.max_adaptive_weight > 0:
             raise ValueError(f"config.loss.max_adaptive_weight must be > 0, got {loss.max_adaptive_weight!r}")
         if not isinstance(loss.disc_start, int) or loss.disc_start < 0:
@@ -188,16 +196,19 @@ class VAETemporalTask(Task):
 
         height, width = resolution_hw(config.data.resolution)
         try:
-            disc.check_input(height, width)
+            if loss.disc_weight > 0:
+                disc.check_input(height, width)
         except ValueError as e:
             raise ValueError(f"config.model.{e} (config.data.resolution={config.data.resolution})") from e
-        if config.data.num_frames < 2:
-            raise ValueError(f"config.data.num_frames must be >= 2 for temporal fine-tuning, "
+        if config.data.num_frames < cls.min_frames:
+            raise ValueError(f"config.data.num_frames must be >= {cls.min_frames} for task {config.task!r}, "
                              f"got {config.data.num_frames}")
         s = config.sample
         for name in ("batch_size", "num_batches", "num_previews"):
             if not isinstance(s[name], int) or s[name] < 1:
                 raise ValueError(f"config.sample.{name} must be a positive int, got {s[name]!r}")
+        if s.split not in ("", "train", "heldout", "all"):
+            raise ValueError(f"config.sample.split must be '', 'train', 'heldout' or 'all', got {s.split!r}")
         if s.every_steps < 0 or s.fps <= 0:
             raise ValueError(f"config.sample.every_steps must be >= 0 and fps > 0, got {s.every_steps}, {s.fps}")
 
@@ -207,11 +218,12 @@ class VAETemporalTask(Task):
         self.export_base = m.export_into or m.init_from
         self.vae_config = _vae_config(checkpoints.load_model_config(m.init_from) if m.init_from else None, m.preset,
                                       m.vae)
-        if not self.vae_config.use_temporal_decoder:
+        if self.needs_temporal_decoder and not self.vae_config.use_temporal_decoder:
             raise ValueError("config.model.vae.use_temporal_decoder must be True: the task trains the Temp-Convs")
         self.disc_config = _disc_config(m.discriminator)
         self.vae = factory.build("vae", self.vae_config)
         self.discriminator = PatchDiscriminator3D(self.disc_config)
+        self.adversarial = config.loss.disc_weight > 0  # α_disc = 0: no discriminator parameters or computation
         self.lpips_params = load_lpips_params(config.loss.lpips_dir) if config.loss.lpips_dir else None
         self.vae_factor = 2 ** (len(self.vae_config.block_out_channels) - 1)
 
@@ -221,10 +233,12 @@ class VAETemporalTask(Task):
         return self.discriminator.init(rng, jnp.zeros((1, 2, size, size, self.disc_config.in_channels)))["params"]
 
     def abstract_params(self) -> tuple[Params, Params]:
-        boxed_disc = jax.eval_shape(self._disc_init, jax.random.key(0))
-        shapes = {"vae": factory.abstract_params("vae", self.vae_config), "discriminator": nn.meta.unbox(boxed_disc)}
-        specs = {"vae": factory.logical_specs("vae", self.vae_config),
-                 "discriminator": nn.get_partition_spec(boxed_disc)}
+        shapes = {"vae": factory.abstract_params("vae", self.vae_config)}
+        specs = {"vae": factory.logical_specs("vae", self.vae_config)}
+        if self.adversarial:
+            boxed_disc = jax.eval_shape(self._disc_init, jax.random.key(0))
+            shapes["discriminator"] = nn.meta.unbox(boxed_disc)
+            specs["discriminator"] = nn.get_partition_spec(boxed_disc)
         if self.lpips_params is not None:
             shapes["lpips"] = abstract_lpips_params()
             specs["lpips"] = jax.tree.map(lambda _: PartitionSpec(), shapes["lpips"])
@@ -234,8 +248,9 @@ class VAETemporalTask(Task):
         vae_rng, disc_rng = jax.random.split(rng)
         cfg = self.vae_config
         pixels = jnp.zeros((2, self.vae_factor, self.vae_factor, cfg.in_channels), jnp.float32)
-        params = {"vae": nn.meta.unbox(self.vae.init(vae_rng, pixels, num_frames=2)["params"]),
-                  "discriminator": nn.meta.unbox(self._disc_init(disc_rng))}
+        params = {"vae": nn.meta.unbox(self.vae.init(vae_rng, pixels, num_frames=2)["params"])}
+        if self.adversarial:
+            params["discriminator"] = nn.meta.unbox(self._disc_init(disc_rng))
         if self.lpips_params is not None:
             params["lpips"] = jax.tree.map(jnp.asarray, self.lpips_params)
         return params
@@ -250,22 +265,25 @@ class VAETemporalTask(Task):
         generator = [p for p, label in labels.items() if label == GENERATOR]
         if not generator:
             raise ValueError(f"config.trainable_regex={self.config.trainable_regex!r} matches no parameter path")
-        outside = [p for p in generator if not p.startswith("vae/decoder/")]
+        outside = [p for p in generator if not p.startswith(self.trainable_prefix)]
         if outside:
-            raise ValueError(f"config.trainable_regex={self.config.trainable_regex!r} must select decoder parameters "
-                             f"only (the encoder stays frozen, §4.4); it also matches {outside[:3]}")
+            raise ValueError(f"config.trainable_regex={self.config.trainable_regex!r} must select parameters under "
+                             f"{self.trainable_prefix!r} only; it also matches {outside[:3]}")
         return labels
 
     def optimizer_groups(self) -> dict[str, Mapping[str, Any]]:
-        return {GENERATOR: self.config.optimizer, DISCRIMINATOR: self.config.discriminator_optimizer}
+        groups = {GENERATOR: self.config.optimizer}
+        if self.adversarial:
+            groups[DISCRIMINATOR] = self.config.discriminator_optimizer
+        return groups
 
     # --- data ------------------------------------------------------------------------------------------------
     def host_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if "video" not in batch:
             raise KeyError(f"data batch has no 'video' entry (keys: {sorted(batch)})")
         video = np.asarray(batch["video"], np.float32)
-        if video.ndim != 5 or video.shape[-1] != 3 or video.shape[1] < 2:
-            raise ValueError(f"batch['video'] must be [B, F>=2, H, W, 3], got shape {video.shape}")
+        if video.ndim != 5 or video.shape[-1] != 3 or video.shape[1] < self.min_frames:
+            raise ValueError(f"batch['video'] must be [B, F>={self.min_frames}, H, W, 3], got shape {video.shape}")
         if video.shape[2] % self.vae_factor or video.shape[3] % self.vae_factor:
             raise ValueError(f"batch['video'] height/width {video.shape[2:4]} must be multiples of the VAE's "
                              f"downsampling factor {self.vae_factor}")
@@ -296,22 +314,21 @@ class VAETemporalTask(Task):
         return recon, captured["h"]
 
     def preprocess(self, params: Params, batch: Mapping[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
-        """Clips, their latents (posterior sample or mean) and per-frame KL, without gradients."""
-        video = batch["video"]
-        mean, logvar = self.encode(params, video)
-        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
-        z = mean
-        if self.config.loss.sample_posterior:
-            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, jnp.float32)
-        return jax.lax.stop_gradient({"video": video, "z": z, "kl": kl_divergence(mean, logvar)})
+        """The clips: E runs inside :meth:`loss` (autodiff skips it while the encoder is frozen)."""
+        return {"video": batch["video"]}
+
+    def decode_frames(self, video: jax.Array) -> int:
+        """Frames the decoder sees together: the whole clip, so the Temp-Convs mix its frames."""
+        return video.shape[1]
 
     def reconstruction_loss(self, params: Params, video: jax.Array, recon: jax.Array
                             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """α_rec·(mean |x − x̂| + perceptual_weight·mean LPIPS) over clips ``[B, F, H, W, 3]``."""
+        """α_rec·(mean |x − x̂| (or (x − x̂)², ``loss.pixel_loss``) + perceptual_weight·mean LPIPS) over clips
+        ``[B, F, H, W, 3]``."""
         loss = self.config.loss
-        l1 = jnp.mean(jnp.abs(video - recon))
-        metrics = {"l1": l1}
-        rec = l1
+        error = video - recon
+        rec = jnp.mean(jnp.abs(error)) if loss.pixel_loss == "l1" else jnp.mean(jnp.square(error))
+        metrics = {loss.pixel_loss: rec}
         if self.lpips_params is not None:
             flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
             perceptual = jnp.mean(LPIPS().apply({"params": params["lpips"]}, flat(video), flat(recon)))
@@ -328,15 +345,27 @@ class VAETemporalTask(Task):
         cfg = self.config.loss
         disc_factor = (step >= cfg.disc_start).astype(jnp.float32)
         sg = jax.lax.stop_gradient
-        video, z = inputs["video"], inputs["z"]
-        num_frames = video.shape[1]
-        recon_flat, last_input = self.decode(params, z, num_frames, deterministic=False, rng=rng)
+        video = inputs["video"]
+        posterior_rng, dropout_rng = jax.random.split(rng)
+        mean, logvar = self.encode(params, video)
+        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+        z = mean
+        if cfg.sample_posterior:
+            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(posterior_rng, mean.shape, jnp.float32)
+        recon_flat, last_input = self.decode(params, z, self.decode_frames(video), deterministic=False,
+                                             rng=dropout_rng)
         recon = recon_flat.reshape(video.shape)
         recon_sg = sg(recon)
 
         # Gradients of both generator terms w.r.t. x̂, computed once (for λ and for the decoder update).
         (nll, rec_metrics), grad_nll = jax.value_and_grad(
             lambda r: self.reconstruction_loss(params, video, r), has_aux=True)(recon_sg)
+        kl = jnp.mean(kl_divergence(mean, logvar))
+        if not self.adversarial:  # loss.disc_weight = 0: L_rec + α_reg·L_reg only, no discriminator at all
+            surrogate = jnp.sum(sg(grad_nll) * (recon - recon_sg))
+            generator_total = nll + cfg.reg_weight * kl
+            return generator_total + surrogate, {**rec_metrics, "rec_loss": nll, "kl": kl,
+                                                 "generator_loss": generator_total}
         disc_frozen = sg(params["discriminator"])
         g_loss, grad_g = jax.value_and_grad(
             lambda r: generator_loss(self.discriminator.apply({"params": disc_frozen}, r)))(recon_sg)
@@ -352,7 +381,6 @@ class VAETemporalTask(Task):
 
         # Decoder: value of eq. 9, gradient through x̂ = grad_nll + λ·α_disc·grad_g (first-order surrogate).
         surrogate = jnp.sum(sg(grad_nll + g_scale * grad_g) * (recon - recon_sg))
-        kl = jnp.mean(inputs["kl"])
         generator_total = nll + cfg.reg_weight * kl + g_scale * g_loss
 
         # Two calls rather than one on [real; fake]: concatenating along the sharded batch axis would reshuffle it.
@@ -393,7 +421,8 @@ class VAETemporalTask(Task):
         import data_pipelines  # deferred: only evaluation reads data inside the task
 
         s = self.config.sample
-        iterator = data_pipelines.make_iterator(self.config.data, batch_size=s.batch_size, seed=s.seed)
+        data = data_pipelines.config.with_shapes_split(self.config.data, s.split) if s.split else self.config.data
+        iterator = data_pipelines.make_iterator(data, batch_size=s.batch_size, seed=s.seed)
         return [self.host_batch(next(iterator))["video"] for _ in range(s.num_batches)]
 
     def evaluate(self, params: Params, clips: list[np.ndarray] | None = None) -> dict[str, float]:
@@ -415,9 +444,7 @@ class VAETemporalTask(Task):
         return out
 
     def sample(self, params: Params, rng: jax.Array) -> jax.Array:
-        """Logs :meth:`evaluate` 's metrics and returns ``[input | image decoder | temporal decoder]`` previews."""
-        metrics = self.evaluate(params)
-        logging.info("reconstruction metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        """``[input | image decoder | temporal decoder]`` previews of the first evaluation clips."""
         rng = jax.random.key(self.config.sample.seed)
         _, previews = self._eval_fn(params, jnp.asarray(self.eval_clips[0]), rng)
         return previews[: self.config.sample.num_previews]
@@ -433,8 +460,8 @@ class VAETemporalTask(Task):
         vae = jax.tree.map(lambda x: np.asarray(x).astype(target) if jnp.issubdtype(x.dtype, jnp.floating)
                            else np.asarray(x), params["vae"])
         vae_config = {**self.vae_config.to_dict(), "dtype": dtype, "param_dtype": dtype, "remat_policy": "none"}
+        source = f"vidrd_jax.train:{self.config.task}"
         if not self.export_base:
-            return {"vae": vae}, {"vae": vae_config, "source": "vidrd_jax.train:vae_temporal"}
+            return {"vae": vae}, {"vae": vae_config, "source": source}
         base_params, base_config = checkpoints.load_inference_checkpoint(self.export_base)
-        return ({**base_params, "vae": vae},
-                {**base_config, "vae": vae_config, "source": "vidrd_jax.train:vae_temporal"})
+        return {**base_params, "vae": vae}, {**base_config, "vae": vae_config, "source": source}

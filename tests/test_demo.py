@@ -1,0 +1,84 @@
+"""End to end: README's main command at test size (``configs/demo.py:test``), in a subprocess on one CPU device.
+
+Every stage runs for real: autoencoder -> UNet3D + text encoder -> baseline without temporal layers -> temporal
+decoder -> VidRD long video and co-denoised video -> evaluation on held-out prompts. Asserted: every output exists,
+the sampler ablation's junction smoothness (a pass mark), and the temporal decoder's lower flicker; colour and
+direction accuracy are measured and reported (BENCHMARKS.md).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user's machine
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run([sys.executable, "-m", "vidrd_jax.train", "--config", "configs/demo.py:test",
+                             "--workdir", str(workdir)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, json.loads((workdir / "summary.json").read_text()), result.stdout
+
+
+def test_every_stage_ran_and_wrote_its_outputs(demo):
+    workdir, summary, _ = demo
+    assert list(summary["stages"]) == ["autoencoder", "unet", "baseline", "temporal_vae", "long_video", "co_denoise",
+                                       "evaluate"]
+    for name in ("autoencoder", "unet", "baseline", "temporal_vae"):
+        assert (Path(summary["stages"][name]["export"]) / "model_config.json").is_file()
+    assert summary["stages"]["autoencoder"]["evaluation"]["mean/image_decoder/psnr"] > 20.0
+    # The image autoencoder trained encoder and 2-D decoder only: its Temp-Convs kept their zero-initialised last
+    # conv for the temporal stage, which trained exactly those.
+    from vidrd_jax import checkpoints, train_state
+
+    image_ae = train_state.flatten(checkpoints.load_inference_checkpoint(summary["stages"]["autoencoder"]["export"])[0])
+    final = train_state.flatten(checkpoints.load_inference_checkpoint(summary["stages"]["temporal_vae"]["export"])[0])
+    # 3 sub-layers: convs_11 is the last conv of each Temp-Conv
+    last_convs = [p for p in image_ae if p.startswith("vae/") and "temp_convs_" in p and "/convs_11/" in p]
+    assert last_convs and all(not image_ae[p].any() for p in last_convs)
+    assert any(final[p].any() for p in last_convs)
+    # The final model is the UNet stage's UNet and text encoder (as exported) with the fine-tuned decoder.
+    unet_stage = train_state.flatten(checkpoints.load_inference_checkpoint(summary["stages"]["unet"]["export"])[0])
+    kept = [p for p in unet_stage if not p.startswith("vae/")]
+    assert kept and all((final[p] == unet_stage[p]).all() for p in kept)
+    for name in ("long_video", "co_denoise"):
+        for video in summary["stages"][name]["videos"]:
+            for kind in ("video", "gif", "png"):
+                assert Path(video[kind]).stat().st_size > 0
+    assert (workdir / "evaluate" / "evaluation.md").is_file()
+
+
+def test_evaluation_table_and_sampler_ablation(demo):
+    workdir, summary, stdout = demo
+    evaluation = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
+    print("\n" + (workdir / "evaluate" / "evaluation.md").read_text())
+    assert "| model | reverse_dsg_pns |" in stdout and "| baseline | reverse_dsg_pns |" in stdout
+    model = evaluation["results"]["model"]
+    main = model["reverse_dsg_pns"]
+    assert main["num_videos"] >= 32  # 16 held-out prompts x 2 seeds
+    for scores in [*model.values(), evaluation["results"]["baseline"]["reverse_dsg_pns"]]:
+        assert 0.0 <= scores["colour_accuracy"] <= 1.0 and 0.0 <= scores["direction_accuracy"] <= 1.0
+    # The paper's ablation (§5.4) on our data: reused, guided prompt frames (DSG + PNS, reverse mapping) make the
+    # clip junctions as smooth as the frames inside a clip; without DSG/PNS the junctions jump.
+    assert evaluation["passes"]["junction_ratio"] and main["junction_ratio"] <= 2.0
+    for variant in ("forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns"):
+        assert model[variant]["junction_ratio"] > main["junction_ratio"], (variant, model[variant], main)
+    # The colour / direction pass marks (0.8 / 0.7) are the issue's targets; a few minutes of CPU training do not
+    # reach them (BENCHMARKS.md), so they are reported (pass/FAIL in the table), not asserted.
+    assert set(evaluation["passes"]) == {"colour_accuracy", "direction_accuracy", "junction_ratio"}
+
+
+def test_temporal_decoder_lowers_flicker(demo):
+    _, summary, _ = demo
+    evaluation = summary["stages"]["temporal_vae"]["evaluation"]  # held-out clips, after vs before fine-tuning
+    for latents in ("mean", "sample"):
+        assert evaluation[f"{latents}/delta/flicker"] < 0, evaluation
+        assert evaluation[f"{latents}/delta/psnr"] > -0.5, evaluation

@@ -1,0 +1,65 @@
+"""The demo evaluation's measurements, calibrated on clips drawn by the dataset's own renderer (ground truth)."""
+import numpy as np
+import pytest
+
+from data_pipelines import builtin
+from vidrd_jax import evaluate_demo as ev
+
+THRESHOLD = ev.get_default_config().saturation_threshold
+
+
+def _long_video(combo, seed, clips=3, frames=4, size=32, background="textured"):
+    """``clips`` rendered clips of one combo back to back (each restarts its path: a jump at every junction)."""
+    return np.concatenate([builtin.render_clip(*combo, num_frames=frames, height=size, background=background,
+                                               seed=seed + k) for k in range(clips)])
+
+
+def test_rendered_clips_score_perfectly():
+    combos = builtin.heldout_combos(0.2, 0)
+    videos = np.stack([_long_video(c, i, background=("plain", "textured")[i % 2]) for i, c in enumerate(combos)])
+    scores = ev.score_videos(videos, combos, 4, THRESHOLD)
+    assert scores["colour_accuracy"] == 1.0
+    assert scores["direction_accuracy"] == 1.0 and scores["direction_sign_accuracy"] == 1.0
+    # Every clip restarts at a new random place: junctions change far more than frames inside a clip.
+    assert scores["junction_ratio"] > 2.0
+    assert scores["num_videos"] == len(combos)
+
+
+def test_wrong_prompts_and_reversed_time_fail():
+    combos = list(builtin.heldout_combos(0.2, 0))
+    videos = np.stack([_long_video(c, i) for i, c in enumerate(combos)])
+    recoloured = [(next(k for k in builtin.COLOURS if k != c), s, d) for c, s, d in combos]
+    assert ev.score_videos(videos, recoloured, 4, THRESHOLD)["colour_accuracy"] == 0.0
+    reversed_time = videos[:, ::-1]
+    scores = ev.score_videos(reversed_time, combos, 4, THRESHOLD)
+    assert scores["direction_accuracy"] == 0.0 and scores["direction_sign_accuracy"] == 0.0
+
+
+def test_continuous_motion_has_no_junction_jump():
+    # One 12-frame clip cut into three "clips": junction steps are ordinary steps.
+    combo = builtin.heldout_combos(0.2, 0)[0]
+    video = builtin.render_clip(*combo, num_frames=12, height=32, seed=3)[None]
+    scores = ev.score_videos(video, [combo], 4, THRESHOLD)
+    assert scores["junction_ratio"] == pytest.approx(1.0, abs=0.35)
+
+
+def test_empty_frames_count_as_failures():
+    gray = np.full((2, 8, 32, 32, 3), 90, np.uint8)
+    scores = ev.score_videos(gray, builtin.heldout_combos(0.2, 0)[:2], 4, THRESHOLD)
+    assert scores["colour_accuracy"] == 0.0 and scores["direction_accuracy"] == 0.0
+
+
+def test_config_errors_name_the_field():
+    c = ev.get_default_config()
+    c.checkpoint = "/x"
+    ev.validate_config(c)
+    c.num_prompts = 1000
+    with pytest.raises(ValueError, match="num_prompts"):
+        ev.validate_config(c)
+    c = ev.get_default_config()
+    c.checkpoint = "/x"
+    c.num_clips = 1
+    with pytest.raises(ValueError, match="num_clips"):
+        ev.validate_config(c)
+    with pytest.raises(ValueError, match="checkpoint"):
+        ev.validate_config(ev.get_default_config())

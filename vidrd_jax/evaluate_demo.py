@@ -1,0 +1,286 @@
+r"""Measures a demo model (``configs/demo.py``) on prompts it never saw: does the video follow the prompt, and is the
+long video smooth where clips meet?
+
+    python -m vidrd_jax.evaluate_demo --workdir workdirs/demo [--config configs/demo.py] [--stage evaluate]
+
+Prompts are the built-in dataset's held-out (colour, shape, direction) combinations (``data_pipelines.builtin
+.heldout_combos``: every word and every attribute pair was seen in training, the triple never). For each model
+(``checkpoint``: the final VidRD model; ``baseline_checkpoint``: the same trained without temporal layers) and each
+sampler variant, one batch of VidRD long videos (``num_clips`` clips of ``num_frames`` frames, paper Algorithm 1)
+is generated per seed (``num_prompts`` prompts for the main variant, the first ``ablation_prompts`` for the others),
+and scored on the decoded frames:
+
+* colour accuracy: the moving object's pixels (saturation ``max(rgb) - min(rgb)`` above ``saturation_threshold``;
+  the backgrounds are gray) averaged over the first clip, nearest palette colour == the prompt's colour;
+* direction accuracy: the object centroid's displacement over the first clip has the prompt's sign along the
+  prompt's axis and is larger there than across it (4-way; chance 1/4). ``direction_sign_accuracy``: the sign only;
+* smoothness: mean absolute frame-to-frame change (``[0, 1]`` pixel scale) at clip junctions (last frame of clip i
+  -> first frame of clip i+1) vs inside clips, and their ratio ``junction_ratio``.
+
+Variants (paper §5.4's ablation on our data): ``frame_mapping`` reverse vs forward, and DSG + PNS on (``dsg_beta``,
+``pns_alpha``) vs off (β = 0, α = 0: the prompt frames are reused but neither guided nor mixed). The baseline runs the
+main variant. Results: ``OUT/evaluation.json``, ``OUT/evaluation.md`` (the table, also printed) and one PNG contact
+sheet per model and variant (``OUT/sheets/``; rows = videos, first ``sheet_videos`` prompts of seed 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from data_pipelines import builtin
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "reverse_dsg_pns": dict(frame_mapping="reverse"),
+    "forward_dsg_pns": dict(frame_mapping="forward"),
+    "reverse_no_dsg_pns": dict(frame_mapping="reverse", dsg_beta=0.0, pns_alpha=0.0),
+    "forward_no_dsg_pns": dict(frame_mapping="forward", dsg_beta=0.0, pns_alpha=0.0),
+}
+MAIN_VARIANT = "reverse_dsg_pns"
+OUTPUT_JSON, OUTPUT_TABLE, SHEETS_DIR = "evaluation.json", "evaluation.md", "sheets"
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+    """Fields of an ``evaluate_demo`` stage (``configs/demo.py`` sets the checkpoints and sizes)."""
+    c = ml_collections.ConfigDict()
+    c.checkpoint = ""  # inference checkpoint of the model under test
+    c.baseline_checkpoint = ""  # the same trained without temporal layers ("" = no baseline)
+    c.holdout_fraction = 0.2  # must match the training data's shapes source
+    c.holdout_seed = 0
+    c.num_prompts = 24  # held-out combinations evaluated with the main variant (<= the number held out)
+    c.ablation_prompts = 8  # the first this many of them for the other sampler variants (smoothness ablation)
+    c.seeds = (0, 1)
+    c.resolution = 32
+    c.num_clips = 4
+    c.num_frames = 4  # N
+    c.num_prompt_frames = 2  # M
+    c.num_steps = 25
+    c.guidance_scale = 5.0
+    c.negative_prompt = ""
+    c.dsg_beta = 0.4
+    c.pns_alpha = 4.0
+    c.saturation_threshold = 0.25  # object pixels: max(rgb) - min(rgb) > this ([0, 1] scale)
+    c.sheet_videos = 8
+    # Pass marks, reported in the table (the end-to-end test asserts them): colour and direction accuracy of the
+    # main variant, and its junction change at most this multiple of the inside-clip change.
+    c.thresholds = ml_collections.ConfigDict(dict(colour_accuracy=0.8, direction_accuracy=0.7, junction_ratio=2.0))
+    return c
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+    """Raises ``ValueError`` naming the field."""
+    expected = set(get_default_config().keys())
+    if set(c.keys()) != expected:
+        raise ValueError(f"fields must be {sorted(expected)}; missing {sorted(expected - set(c.keys()))}, unknown "
+                         f"{sorted(set(c.keys()) - expected)}")
+    if not c.checkpoint:
+        raise ValueError("checkpoint: must name an inference checkpoint")
+    held = len(builtin.heldout_combos(c.holdout_fraction, c.holdout_seed))
+    if not 1 <= c.num_prompts <= held:
+        raise ValueError(f"num_prompts: must be in [1, {held}] (held-out combinations), got {c.num_prompts}")
+    if not 1 <= c.ablation_prompts <= c.num_prompts:
+        raise ValueError(f"ablation_prompts: must be in [1, num_prompts={c.num_prompts}], got {c.ablation_prompts}")
+    if not c.seeds or len(set(c.seeds)) != len(c.seeds):
+        raise ValueError(f"seeds: must be distinct ints, got {c.seeds!r}")
+    for name in ("resolution", "num_clips", "num_frames", "num_steps", "sheet_videos"):
+        if not isinstance(c[name], int) or c[name] < 1:
+            raise ValueError(f"{name}: must be a positive int, got {c[name]!r}")
+    if c.num_clips < 2:
+        raise ValueError(f"num_clips: junctions need >= 2 clips, got {c.num_clips}")
+    if c.num_frames < 2 or not 0 <= c.num_prompt_frames < c.num_frames:
+        raise ValueError(f"num_frames / num_prompt_frames: need N >= 2 and 0 <= M < N, got {c.num_frames}, "
+                         f"{c.num_prompt_frames}")
+    if not 0 < c.saturation_threshold < 1:
+        raise ValueError(f"saturation_threshold: must be in (0, 1), got {c.saturation_threshold}")
+
+
+# --- measurements ------------------------------------------------------------------------------------------------
+
+def object_masks(frames: np.ndarray, threshold: float) -> np.ndarray:
+    """bool ``[..., H, W]``: saturated (coloured) pixels of uint8 frames ``[..., H, W, 3]``."""
+    x = frames.astype(np.float32) / 255.0
+    return (x.max(-1) - x.min(-1)) > threshold
+
+
+def dominant_colour(frames: np.ndarray, masks: np.ndarray) -> str | None:
+    """Palette name nearest to the mean colour of the masked pixels of ``frames`` ``[F, H, W, 3]`` (None: no
+    object pixels)."""
+    if not masks.any():
+        return None
+    mean = frames[masks].astype(np.float32).mean(0)
+    names = list(builtin.COLOURS)
+    palette = np.asarray([builtin.COLOURS[n] for n in names], np.float32)
+    return names[int(np.argmin(np.sum(np.square(palette - mean), axis=1)))]
+
+
+def centroid_displacement(masks: np.ndarray) -> np.ndarray | None:
+    """(dy, dx) in pixels from the first to the last frame with object pixels in ``masks`` ``[F, H, W]``; None
+    if fewer than two frames have any."""
+    present = [i for i in range(len(masks)) if masks[i].any()]
+    if len(present) < 2:
+        return None
+
+    def centroid(mask: np.ndarray) -> np.ndarray:
+        ys, xs = np.nonzero(mask)
+        return np.asarray([ys.mean(), xs.mean()])
+
+    return centroid(masks[present[-1]]) - centroid(masks[present[0]])
+
+
+def direction_scores(displacement: np.ndarray | None, direction: str) -> tuple[bool, bool]:
+    """(4-way correct, sign correct) of a displacement for the prompt's ``direction``."""
+    if displacement is None:
+        return False, False
+    dy, dx = builtin.DIRECTIONS[direction]
+    along = displacement[0] * dy + displacement[1] * dx
+    across = abs(displacement[1] if dy else displacement[0])
+    return bool(along > 0 and along > across), bool(along > 0)
+
+
+def frame_changes(video: np.ndarray, clip_starts: Sequence[int]) -> tuple[float, float]:
+    """Mean |frame_{t+1} - frame_t| (``[0, 1]`` scale) at clip junctions (t+1 in ``clip_starts``) and elsewhere."""
+    diffs = np.abs(np.diff(video.astype(np.float32) / 255.0, axis=0)).mean(axis=(1, 2, 3))
+    junction = np.zeros(len(diffs), bool)
+    junction[[s - 1 for s in clip_starts if 0 < s <= len(diffs)]] = True
+    return float(diffs[junction].mean()), float(diffs[~junction].mean())
+
+
+def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frames: int, threshold: float
+                 ) -> dict[str, float]:
+    """Metrics of uint8 long videos ``[B, T, H, W, 3]`` (clips of ``clip_frames`` frames) for their combos."""
+    colour, direction, sign, junction, inside = [], [], [], [], []
+    starts = list(range(clip_frames, videos.shape[1], clip_frames))
+    for video, (c, _, d) in zip(videos, combos):
+        first = video[:clip_frames]
+        masks = object_masks(first, threshold)
+        colour.append(dominant_colour(first, masks) == c)
+        four_way, signed = direction_scores(centroid_displacement(masks), d)
+        direction.append(four_way)
+        sign.append(signed)
+        j, i = frame_changes(video, starts)
+        junction.append(j)
+        inside.append(i)
+    junction_change, inside_change = float(np.mean(junction)), float(np.mean(inside))
+    return {"colour_accuracy": float(np.mean(colour)), "direction_accuracy": float(np.mean(direction)),
+            "direction_sign_accuracy": float(np.mean(sign)), "junction_change": junction_change,
+            "inside_change": inside_change, "junction_ratio": junction_change / max(inside_change, 1e-8),
+            "num_videos": len(combos)}
+
+
+# --- generation --------------------------------------------------------------------------------------------------
+
+def _long_video_config(c: ml_collections.ConfigDict, prompts: tuple[str, ...], **variant):
+    from vidrd_jax.diffusion import LongVideoConfig
+
+    fields = dict(num_clips=c.num_clips, num_frames=c.num_frames, num_prompt_frames=c.num_prompt_frames,
+                  pns_alpha=c.pns_alpha, dsg_beta=c.dsg_beta, num_steps=c.num_steps, guidance_scale=c.guidance_scale,
+                  negative_prompt=c.negative_prompt)
+    return LongVideoConfig(prompts=prompts, **{**fields, **variant})
+
+
+def generate_videos(pipeline, c: ml_collections.ConfigDict, prompts: Sequence[str], seed: int,
+                    variant: dict[str, Any]) -> np.ndarray:
+    """uint8 ``[P, num_clips·N, H, W, 3]``: one long video per prompt (one batch)."""
+    import jax
+
+    config = _long_video_config(c, (prompts[0],), **variant)
+    chunks = pipeline.generate_long_video(config, key=jax.random.key(seed), height=c.resolution,
+                                          width=c.resolution, prompts=[(p,) for p in prompts])
+    return np.concatenate([chunk.frames for chunk in chunks], axis=1)
+
+
+def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequence[str], out_dir: str,
+                   label: str) -> dict[str, dict[str, float]]:
+    """Scores of ``checkpoint`` for each variant (all prompts x seeds); writes a contact sheet per variant."""
+    from vidrd_jax import media
+    from vidrd_jax.pipeline import VideoPipeline
+
+    pipeline = VideoPipeline.from_checkpoint(checkpoint)
+    results = {}
+    for name in variants:
+        start = time.perf_counter()
+        count = c.num_prompts if name == MAIN_VARIANT else c.ablation_prompts
+        combos = builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)[:count]
+        prompts = [builtin.caption_for(*combo) for combo in combos]
+        per_seed = [generate_videos(pipeline, c, prompts, seed, VARIANTS[name]) for seed in c.seeds]
+        videos = np.concatenate(per_seed, axis=0)
+        results[name] = score_videos(videos, list(combos) * len(c.seeds), c.num_frames, c.saturation_threshold)
+        results[name]["seconds"] = round(time.perf_counter() - start, 1)
+        sheet = per_seed[0][: c.sheet_videos]
+        os.makedirs(os.path.join(out_dir, SHEETS_DIR), exist_ok=True)
+        media.write_contact_sheet(os.path.join(out_dir, SHEETS_DIR, f"{label}_{name}.png"),
+                                  sheet.reshape((-1,) + sheet.shape[2:]), columns=sheet.shape[1])
+    return results
+
+
+def passes(results: dict[str, Any], thresholds: ml_collections.ConfigDict) -> dict[str, bool]:
+    """Which pass marks the main variant of the model under test meets."""
+    main = results["model"][MAIN_VARIANT]
+    return {"colour_accuracy": main["colour_accuracy"] >= thresholds.colour_accuracy,
+            "direction_accuracy": main["direction_accuracy"] >= thresholds.direction_accuracy,
+            "junction_ratio": main["junction_ratio"] <= thresholds.junction_ratio}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown table: one row per (model, variant)."""
+    columns = ("colour_accuracy", "direction_accuracy", "direction_sign_accuracy", "junction_change",
+               "inside_change", "junction_ratio")
+    lines = ["| model | variant | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    for model in ("model", "baseline"):
+        for variant, scores in results.get(model, {}).items():
+            lines.append(f"| {model} | {variant} | " + " | ".join(f"{scores[k]:.3f}" for k in columns) + " |")
+    return "\n".join(lines)
+
+
+def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
+    """Evaluates the model (every variant) and the baseline (main variant); writes JSON + table; returns a summary
+    for ``summary.json``."""
+    validate_config(c)
+    start = time.perf_counter()
+    results: dict[str, Any] = {"model": evaluate_model(c.checkpoint, c, list(VARIANTS), out_dir, "model")}
+    if c.baseline_checkpoint:
+        results["baseline"] = evaluate_model(c.baseline_checkpoint, c, [MAIN_VARIANT], out_dir, "baseline")
+    verdict = passes(results, c.thresholds)
+    table = format_table(results)
+    record = {"config": c.to_dict(), "results": results, "passes": verdict,
+              "prompts": [builtin.caption_for(*x) for x in
+                          builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)[: c.num_prompts]],
+              "seconds": round(time.perf_counter() - start, 1)}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, OUTPUT_JSON), "w") as f:
+        json.dump(record, f, indent=2)
+    thresholds = ", ".join(f"{k} {'<=' if k == 'junction_ratio' else '>='} {v} "
+                           f"({'pass' if verdict[k] else 'FAIL'})" for k, v in c.thresholds.items())
+    with open(os.path.join(out_dir, OUTPUT_TABLE), "w") as f:
+        f.write(table + f"\n\nPass marks ({MAIN_VARIANT}): {thresholds}\n")
+    print(table)
+    print(f"pass marks ({MAIN_VARIANT}): {thresholds}")
+    return {"evaluation": os.path.join(out_dir, OUTPUT_JSON), "table": os.path.join(out_dir, OUTPUT_TABLE),
+            "sheets": os.path.join(out_dir, SHEETS_DIR), "passes": verdict,
+            "main": results["model"][MAIN_VARIANT]}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from vidrd_jax import stages
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="the demo's workdir (holds the stage exports)")
+    parser.add_argument("--config", default="configs/demo.py", help="staged config file[:arg]")
+    parser.add_argument("--stage", default="evaluate", help="name of the evaluate_demo stage in the config")
+    args = parser.parse_args(argv)
+    config = stages.load_config(args.config)
+    if args.stage not in config or config[args.stage].kind != "evaluate_demo":
+        raise SystemExit(f"error: --stage {args.stage!r} is not an evaluate_demo stage of {args.config}")
+    workdir = os.path.abspath(args.workdir)
+    earlier = tuple(n for n in config.stages[: list(config.stages).index(args.stage)] if config[n].kind == "train")
+    resolved = stages.resolve(config[args.stage].config, workdir, earlier, f"{args.stage}.config")
+    return run(resolved, os.path.join(workdir, args.stage))
+
+
+if __name__ == "__main__":
+    main()
