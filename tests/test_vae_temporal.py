@@ -28,7 +28,7 @@ from vidrd_jax.tasks import vae_temporal
 from vidrd_jax.tasks.vae_temporal import VAETemporalTask
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "vae_temporal.py"
-REFERENCE_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vidrd_temporal_vae_keys.tsv"
+REFERENCE_KEYS = Path(__file__).resolve().parent / "reference" / "vidrd_temporal_vae_keys.tsv"
 PRETRAIN_STEPS = 150
 FINETUNE_STEPS = 200
 # LDM's KL weight (1e-6 on sums over pixels) for a per-pixel mean L1: the posterior keeps a large variance this early,
