@@ -33,21 +33,35 @@ PEAK_FLOPS = {"NVIDIA H200": 989e12, "NVIDIA H100": 989e12, "NVIDIA A100": 312e1
               "TPU v5 lite": 197e12, "TPU v4": 275e12, "TPU v6 lite": 918e12}
 
 
-def _load(name: str, arg: str = ""):
+def _module(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
+
+
+def _load(name: str):
+    return _module(name).get_config()
+
+
+def demo_config():
+    """The end-to-end demo's UNet stage (``configs/demo.py``) on a fresh autoencoder of the demo's size."""
+    demo = _module("demo")
+    c = demo.get_config().unet.config
+    c.model.init_from = ""
+    c.model.vae.update(demo.VAE)
+    return c
 
 
 def mid_config():
     """Between the demo and SD-2.1: 3-level UNet (64/128/256 ch, 2 layers/block), 3-level VAE, 4-layer CLIP,
     8 frames of 64 x 64 (16 x 16 latents); ~40 M parameters, all UNet ones trainable."""
-    c = _load("demo")
+    c = _load("tiny")
     c.model.unet.update(dict(block_out_channels=(64, 128, 256), layers_per_block=2,
                              down_block_types=("CrossAttnDownBlock3D",) * 2 + ("DownBlock3D",),
                              up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 2,
-                             num_attention_heads=(2, 4, 8), cross_attention_dim=256, norm_num_groups=32))
+                             num_attention_heads=(2, 4, 8), cross_attention_dim=256, norm_num_groups=32,
+                             temporal_conv_layers=4))
     c.model.vae.update(dict(block_out_channels=(64, 128, 128), layers_per_block=1, norm_num_groups=32))
     c.model.text_encoder.update(dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                                      num_attention_heads=4))
@@ -56,7 +70,8 @@ def mid_config():
     return c
 
 
-CONFIGS = {"demo": lambda: _load("demo"), "mid": mid_config, "sd21_256": lambda: _load("sd21_256")}
+CONFIGS = {"tiny": lambda: _load("tiny"), "demo": demo_config, "mid": mid_config,
+           "sd21_256": lambda: _load("sd21_256")}
 
 
 def _peak_device_bytes() -> int | None:

@@ -39,4 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.caption_dropout = 0.1
     c.data.read_threads = 1
     c.data.prefetch_batches = 1
+
+    c.sample.every_steps = 0  # previews off; when on (--config.sample.every_steps=N), at the data's size
+    c.sample.prompts = ("a red square moving right", "a blue circle moving down")
+    c.sample.num_frames = c.data.num_frames
+    c.sample.height, c.sample.width = c.data.resolution
+    c.sample.num_steps = 10
+    c.sample.guidance_scale = 3.0
     return c
