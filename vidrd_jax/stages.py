@@ -75,9 +75,8 @@ def _substitute(value: Any, workdir: str, earlier: tuple[str, ...], where: str) 
     return value
 
 
-def resolve(config: ml_collections.ConfigDict, workdir: str, earlier: tuple[str, ...], where: str
-            ) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with ``{workdir}`` / ``{export:NAME}`` substituted in every string."""
+def _map_leaves(config: ml_collections.ConfigDict, fn, where: str) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``fn(value, field_path)`` applied to every non-group field."""
     out = ml_collections.ConfigDict(config.to_dict())
 
     def walk(node: ml_collections.ConfigDict, prefix: str) -> None:
@@ -86,29 +85,28 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, earlier: tuple[str,
             if isinstance(value, ml_collections.ConfigDict):
                 walk(value, f"{prefix}.{key}")
             else:
-                node[key] = _substitute(value, workdir, earlier, f"{prefix}.{key}")
+                node[key] = fn(value, f"{prefix}.{key}")
 
     walk(out, where)
     return out
 
 
+def resolve(config: ml_collections.ConfigDict, workdir: str, earlier: tuple[str, ...], where: str
+            ) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``{workdir}`` / ``{export:NAME}`` substituted in every string."""
+    return _map_leaves(config, lambda value, field: _substitute(value, workdir, earlier, field), where)
+
+
 def _without_pending_exports(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """A copy of a (resolved) training config whose fields naming a not-yet-written export are emptied, so that
     everything else can be checked before the earlier stages run."""
-    out = ml_collections.ConfigDict(config.to_dict())
     prefix = os.path.join(workdir, "")
 
-    def walk(node: ml_collections.ConfigDict) -> None:
-        for key in list(node.keys()):
-            value = node[key]
-            if isinstance(value, ml_collections.ConfigDict):
-                walk(value)
-            elif (isinstance(value, str) and value.startswith(prefix) and value.endswith(os.sep + EXPORT_DIR)
-                  and not (epath.Path(value) / checkpoints.MODEL_CONFIG_FILE).exists()):
-                node[key] = ""
+    def pending(value: Any) -> bool:
+        return (isinstance(value, str) and value.startswith(prefix) and value.endswith(os.sep + EXPORT_DIR)
+                and not (epath.Path(value) / checkpoints.MODEL_CONFIG_FILE).exists())
 
-    walk(out)
-    return out
+    return _map_leaves(config, lambda value, _: "" if pending(value) else value, "config")
 
 
 def _validate_stage(kind: str, config: ml_collections.ConfigDict, where: str) -> None:
