@@ -64,6 +64,8 @@ def test_evaluation_table_and_sampler_ablation(demo):
     model = evaluation["results"]["model"]
     main = model["reverse_dsg_pns"]
     assert main["num_videos"] >= 32  # 16 held-out prompts x 2 seeds
+    # The autoencoder's ceiling: the same held-out combinations, rendered and passed through encoder and decoder.
+    assert model["reconstruction"]["num_videos"] == main["num_videos"]
     for scores in [*model.values(), evaluation["results"]["baseline"]["reverse_dsg_pns"]]:
         assert 0.0 <= scores["colour_accuracy"] <= 1.0 and 0.0 <= scores["direction_accuracy"] <= 1.0
     # The paper's ablation (§5.4) on our data: reused, guided prompt frames (DSG + PNS, reverse mapping) make the
@@ -71,8 +73,9 @@ def test_evaluation_table_and_sampler_ablation(demo):
     assert evaluation["passes"]["junction_ratio"] and main["junction_ratio"] <= 2.0
     for variant in ("forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns"):
         assert model[variant]["junction_ratio"] > main["junction_ratio"], (variant, model[variant], main)
-    # The colour / direction pass marks (0.8 / 0.7) are the targets; a few minutes of CPU training do not
-    # reach them (BENCHMARKS.md), so they are reported (pass/FAIL in the table), not asserted.
+    # The colour / direction pass marks (0.8 / 0.7) are the targets. The full demo reaches colour 0.75 and
+    # direction at chance (BENCHMARKS.md); this test's minute of training reaches neither (its autoencoder keeps the
+    # colour of ~20 % of clips), so they are reported (pass/FAIL in the table), not asserted.
     assert set(evaluation["passes"]) == {"colour_accuracy", "direction_accuracy", "junction_ratio"}
 
 

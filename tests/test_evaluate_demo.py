@@ -20,6 +20,7 @@ def test_rendered_clips_score_perfectly():
     scores = ev.score_videos(videos, combos, 4, THRESHOLD)
     assert scores["colour_accuracy"] == 1.0
     assert scores["direction_accuracy"] == 1.0 and scores["direction_sign_accuracy"] == 1.0
+    assert scores["direction_axis_accuracy"] == 1.0
     # Every clip restarts at a new random place: junctions change far more than frames inside a clip.
     assert scores["junction_ratio"] > 2.0
     assert scores["num_videos"] == len(combos)
@@ -33,6 +34,9 @@ def test_wrong_prompts_and_reversed_time_fail():
     reversed_time = videos[:, ::-1]
     scores = ev.score_videos(reversed_time, combos, 4, THRESHOLD)
     assert scores["direction_accuracy"] == 0.0 and scores["direction_sign_accuracy"] == 0.0
+    assert scores["direction_axis_accuracy"] == 1.0  # the right axis, the wrong way
+    transposed = videos.transpose(0, 1, 3, 2, 4)  # left/right motion becomes up/down and vice versa
+    assert ev.score_videos(transposed, combos, 4, THRESHOLD)["direction_axis_accuracy"] == 0.0
 
 
 def test_continuous_motion_has_no_junction_jump():

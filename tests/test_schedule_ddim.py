@@ -71,6 +71,30 @@ def test_timesteps_and_alphas_match_diffusers(num_steps, spacing):
     assert tables.alphas_prev[-1] == np.float32(ours.alphas_cumprod[0])  # set_alpha_to_one=False
 
 
+def test_zero_terminal_snr_matches_diffusers():
+    """Lin et al.'s rescaled betas: the last step is pure noise, the first keeps its level, diffusers agrees."""
+    ours = NoiseSchedule(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    theirs = diffusers_ddim("v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    np.testing.assert_allclose(ours.alphas_cumprod, theirs.alphas_cumprod.numpy(), rtol=1e-5, atol=1e-7)
+    assert ours.alphas_cumprod[-1] == 0.0 and ours.alphas_cumprod[0] == pytest.approx(1 - 0.00085)
+    assert NoiseSchedule.from_diffusers(ours.to_dict()) == ours
+    assert ours.ddim_timesteps(25)[0] == 999
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr=True needs prediction_type='v_prediction'"):
+        NoiseSchedule(rescale_betas_zero_snr=True)
+    # A DDIM loop that starts at SNR 0 stays finite and matches diffusers step by step.
+    config = DDIMConfig(num_steps=10)
+    latents, _ = draw_noise(jax.random.key(3), SHAPE, config)
+    cond = {"bias": jnp.float32(0.5)}
+    x_ours = ddim_sample(linear_denoiser, ours, config, cond, latents=latents)
+    theirs.set_timesteps(config.num_steps)
+    x = torch.from_numpy(np.array(latents))
+    for t in theirs.timesteps:
+        output = torch.from_numpy(np.array(linear_denoiser(jnp.asarray(x.numpy()), jnp.int32(t), cond)))
+        x = theirs.step(output, t, x).prev_sample
+    assert np.isfinite(np.asarray(x_ours)).all()
+    np.testing.assert_allclose(np.asarray(x_ours), x.numpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("eta", [0.0, 0.7])
 def test_single_step_matches_diffusers(prediction_type, eta):

@@ -177,7 +177,9 @@ def test_config_errors_name_the_field():
     cases = [("grad_accum_steps", 3, "config.grad_accum_steps"), ("ema.decay", 1.0, "config.ema.decay"),
              ("optimizer.schedule", "step", "config.optimizer.schedule"),
              ("trainable_regex", "(", "config.trainable_regex"), ("model.preset", "huge", "config.model.preset"),
-             ("checkpoint.keep", 0, "config.checkpoint.keep")]
+             ("checkpoint.keep", 0, "config.checkpoint.keep"),
+             ("model.scheduler.beta_ends", 0.02, "config.model.scheduler: unknown fields ['beta_ends']"),
+             ("model.scheduler.rescale_betas_zero_snr", True, "config.model.scheduler: rescale_betas_zero_snr=True")]
     for field, value, message in cases:
         config = tiny_config()
         *parents, leaf = field.split(".")

@@ -14,12 +14,14 @@ and scored on the decoded frames:
   the backgrounds are gray) averaged over the first clip, nearest palette colour == the prompt's colour;
 * direction accuracy: the object centroid's displacement over the first clip has the prompt's sign along the
   prompt's axis and is larger there than across it (4-way; chance 1/4). ``direction_sign_accuracy``: the sign only;
+  ``direction_axis_accuracy``: the motion is mostly along the prompt's axis, either way (chance 1/2);
 * smoothness: mean absolute frame-to-frame change (``[0, 1]`` pixel scale) at clip junctions (last frame of clip i
   -> first frame of clip i+1) vs inside clips, and their ratio ``junction_ratio``.
 
 Variants (paper §5.4's ablation on our data): ``frame_mapping`` reverse vs forward, and DSG + PNS on (``dsg_beta``,
 ``pns_alpha``) vs off (β = 0, α = 0: the prompt frames are reused but neither guided nor mixed). The baseline runs the
-main variant. Results: ``OUT/evaluation.json``, ``OUT/evaluation.md`` (the table, also printed) and one PNG contact
+main variant. The model's row ``reconstruction`` scores rendered clips of the same combinations passed through its
+autoencoder: the ceiling set by the decoder. Results: ``OUT/evaluation.json``, ``OUT/evaluation.md`` (the table, also printed) and one PNG contact
 sheet per model and variant (``OUT/sheets/``; rows = videos, first ``sheet_videos`` prompts of seed 0).
 """
 from __future__ import annotations
@@ -132,14 +134,14 @@ def centroid_displacement(masks: np.ndarray) -> np.ndarray | None:
     return centroid(masks[present[-1]]) - centroid(masks[present[0]])
 
 
-def direction_scores(displacement: np.ndarray | None, direction: str) -> tuple[bool, bool]:
-    """(4-way correct, sign correct) of a displacement for the prompt's ``direction``."""
+def direction_scores(displacement: np.ndarray | None, direction: str) -> tuple[bool, bool, bool]:
+    """(4-way correct, sign correct, axis correct) of a displacement for the prompt's ``direction``."""
     if displacement is None:
-        return False, False
+        return False, False, False
     dy, dx = builtin.DIRECTIONS[direction]
     along = displacement[0] * dy + displacement[1] * dx
     across = abs(displacement[1] if dy else displacement[0])
-    return bool(along > 0 and along > across), bool(along > 0)
+    return bool(along > 0 and along > across), bool(along > 0), bool(abs(along) > across)
 
 
 def frame_changes(video: np.ndarray, clip_starts: Sequence[int]) -> tuple[float, float]:
@@ -153,21 +155,23 @@ def frame_changes(video: np.ndarray, clip_starts: Sequence[int]) -> tuple[float,
 def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frames: int, threshold: float
                  ) -> dict[str, float]:
     """Metrics of uint8 long videos ``[B, T, H, W, 3]`` (clips of ``clip_frames`` frames) for their combos."""
-    colour, direction, sign, junction, inside = [], [], [], [], []
+    colour, direction, sign, axis, junction, inside = [], [], [], [], [], []
     starts = list(range(clip_frames, videos.shape[1], clip_frames))
     for video, (c, _, d) in zip(videos, combos):
         first = video[:clip_frames]
         masks = object_masks(first, threshold)
         colour.append(dominant_colour(first, masks) == c)
-        four_way, signed = direction_scores(centroid_displacement(masks), d)
+        four_way, signed, on_axis = direction_scores(centroid_displacement(masks), d)
         direction.append(four_way)
         sign.append(signed)
+        axis.append(on_axis)
         j, i = frame_changes(video, starts)
         junction.append(j)
         inside.append(i)
     junction_change, inside_change = float(np.mean(junction)), float(np.mean(inside))
     return {"colour_accuracy": float(np.mean(colour)), "direction_accuracy": float(np.mean(direction)),
-            "direction_sign_accuracy": float(np.mean(sign)), "junction_change": junction_change,
+            "direction_sign_accuracy": float(np.mean(sign)), "direction_axis_accuracy": float(np.mean(axis)),
+            "junction_change": junction_change,
             "inside_change": inside_change, "junction_ratio": junction_change / max(inside_change, 1e-8),
             "num_videos": len(combos)}
 
@@ -194,14 +198,35 @@ def generate_videos(pipeline, c: ml_collections.ConfigDict, prompts: Sequence[st
     return np.concatenate([chunk.frames for chunk in chunks], axis=1)
 
 
+def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, float]:
+    """The autoencoder's ceiling: the scores of rendered clips of the same held-out combinations (``num_clips · N``
+    frames of continuous motion per prompt and seed) after the pipeline's encoder (posterior mean) and decoder. A
+    generated video cannot show a colour that the decoder does not reproduce."""
+    import jax.numpy as jnp
+
+    from vidrd_jax.models.vae import AutoencoderKL
+
+    combos = builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)[: c.num_prompts]
+    clips = np.stack([builtin.render_clip(*combo, num_frames=c.num_clips * c.num_frames, height=c.resolution,
+                                          background=builtin.BACKGROUNDS[i % 2], seed=1000 * seed + i)
+                      for seed in c.seeds for i, combo in enumerate(combos)])
+    vae = pipeline.configs["vae"]
+    pixels = jnp.asarray(clips.reshape((-1,) + clips.shape[2:]), jnp.float32) / 127.5 - 1.0
+    mean, _ = AutoencoderKL(vae).apply({"params": pipeline.params["vae"]}, pixels, method="encode")
+    latents = (mean * vae.scaling_factor).reshape(clips.shape[:2] + mean.shape[1:])
+    return score_videos(pipeline.decode_clip(latents, c.num_frames), list(combos) * len(c.seeds), c.num_frames,
+                        c.saturation_threshold)
+
+
 def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequence[str], out_dir: str,
-                   label: str) -> dict[str, dict[str, float]]:
-    """Scores of ``checkpoint`` for each variant (all prompts x seeds); writes a contact sheet per variant."""
+                   label: str, reconstruction: bool = False) -> dict[str, dict[str, float]]:
+    """Scores of ``checkpoint`` for each variant (all prompts x seeds), and under ``"reconstruction"`` its
+    autoencoder's ceiling when asked; writes a contact sheet per variant."""
     from vidrd_jax import media
     from vidrd_jax.pipeline import VideoPipeline
 
     pipeline = VideoPipeline.from_checkpoint(checkpoint)
-    results = {}
+    results = {"reconstruction": reconstruction_scores(pipeline, c)} if reconstruction else {}
     for name in variants:
         start = time.perf_counter()
         count = c.num_prompts if name == MAIN_VARIANT else c.ablation_prompts
@@ -228,8 +253,8 @@ def passes(results: dict[str, Any], thresholds: ml_collections.ConfigDict) -> di
 
 def format_table(results: dict[str, Any]) -> str:
     """Markdown table: one row per (model, variant)."""
-    columns = ("colour_accuracy", "direction_accuracy", "direction_sign_accuracy", "junction_change",
-               "inside_change", "junction_ratio")
+    columns = ("colour_accuracy", "direction_accuracy", "direction_sign_accuracy", "direction_axis_accuracy",
+               "junction_change", "inside_change", "junction_ratio")
     lines = ["| model | variant | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for model in ("model", "baseline"):
         for variant, scores in results.get(model, {}).items():
@@ -242,7 +267,8 @@ def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
     for ``summary.json``."""
     validate_config(c)
     start = time.perf_counter()
-    results: dict[str, Any] = {"model": evaluate_model(c.checkpoint, c, list(VARIANTS), out_dir, "model")}
+    results: dict[str, Any] = {"model": evaluate_model(c.checkpoint, c, list(VARIANTS), out_dir, "model",
+                                                       reconstruction=True)}
     if c.baseline_checkpoint:
         results["baseline"] = evaluate_model(c.baseline_checkpoint, c, [MAIN_VARIANT], out_dir, "baseline")
     verdict = passes(results, c.thresholds)

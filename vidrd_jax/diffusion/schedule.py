@@ -4,8 +4,10 @@ Variance preserving: ``q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)`` with
 (eq. 2 writes ``abar_t`` as the product of the per-step alphas). The defaults are Stable Diffusion 2.1-base's scheduler:
 ``scaled_linear`` betas from 0.00085 to 0.012 over 1000 training steps, ``epsilon`` prediction, DDIM timesteps with
 ``leading`` spacing and ``steps_offset=1`` (50 steps -> 981, 961, ..., 1) and, for the last step, the final alpha
-``alphas_cumprod[0]`` (``set_alpha_to_one=False``). Tables are built on the host in float64 and handed to the device
-as float32.
+``alphas_cumprod[0]`` (``set_alpha_to_one=False``). ``rescale_betas_zero_snr`` rescales the betas so that the last
+training step is pure noise (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", Alg. 1);
+it needs ``v_prediction`` (an epsilon model cannot recover x0 at SNR 0) and goes with ``trailing`` spacing, whose first
+DDIM step is that pure-noise step. Tables are built on the host in float64 and handed to the device as float32.
 """
 from __future__ import annotations
 
@@ -20,8 +22,7 @@ BETA_SCHEDULES = ("scaled_linear", "linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "trailing")
 # diffusers scheduler_config.json keys that change the sampler's arithmetic; any other value than this is refused.
-_UNSUPPORTED_DIFFUSERS_KEYS = {"clip_sample": False, "thresholding": False, "rescale_betas_zero_snr": False,
-                               "trained_betas": None}
+_UNSUPPORTED_DIFFUSERS_KEYS = {"clip_sample": False, "thresholding": False, "trained_betas": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class NoiseSchedule:
     timestep_spacing: str = "leading"
     steps_offset: int = 1
     set_alpha_to_one: bool = False
+    rescale_betas_zero_snr: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
@@ -57,6 +59,11 @@ class NoiseSchedule:
             raise ValueError(f"steps_offset must be an int in [0, num_train_timesteps), got {self.steps_offset!r}")
         if not isinstance(self.set_alpha_to_one, bool):
             raise ValueError(f"set_alpha_to_one must be a bool, got {self.set_alpha_to_one!r}")
+        if not isinstance(self.rescale_betas_zero_snr, bool):
+            raise ValueError(f"rescale_betas_zero_snr must be a bool, got {self.rescale_betas_zero_snr!r}")
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("rescale_betas_zero_snr=True needs prediction_type='v_prediction' (the last step has SNR "
+                             f"0, where an epsilon prediction cannot give x0), got {self.prediction_type!r}")
 
     @classmethod
     def sd21_base(cls) -> "NoiseSchedule":
@@ -68,20 +75,21 @@ class NoiseSchedule:
         """Builds the schedule from a diffusers ``scheduler_config.json`` dict (DDIM, PNDM, ... all share the keys).
 
         Missing keys take diffusers' defaults (``timestep_spacing`` "leading", ``steps_offset`` 0, ...); settings this
-        sampler does not implement (clipping, thresholding, zero-SNR rescaling, explicit betas) raise ``ValueError``.
+        sampler does not implement (clipping, thresholding, explicit betas) raise ``ValueError``.
         """
         for key, supported in _UNSUPPORTED_DIFFUSERS_KEYS.items():
             if config.get(key, supported) not in (supported,):
                 raise ValueError(f"scheduler config {key}={config[key]!r} is not supported (only {supported!r})")
         defaults = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
                     "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 0,
-                    "set_alpha_to_one": True}
+                    "set_alpha_to_one": True, "rescale_betas_zero_snr": False}
         kwargs = {name: config.get(name, default) for name, default in defaults.items()}
         kwargs.update(overrides)
         kwargs["num_train_timesteps"] = int(kwargs["num_train_timesteps"])
         kwargs["steps_offset"] = int(kwargs["steps_offset"])
         kwargs["beta_start"] = float(kwargs["beta_start"])
         kwargs["beta_end"] = float(kwargs["beta_end"])
+        kwargs["rescale_betas_zero_snr"] = bool(kwargs["rescale_betas_zero_snr"])
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,12 +99,14 @@ class NoiseSchedule:
     @property
     def betas(self) -> np.ndarray:
         """float64 [T] per-step betas."""
-        return _betas(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps)
+        return _betas(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps,
+                      self.rescale_betas_zero_snr)
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
         """float64 [T]: ``abar_t`` of eq. 2 for t = 0 .. T-1."""
-        return _alphas_cumprod(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps)
+        return _alphas_cumprod(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps,
+                               self.rescale_betas_zero_snr)
 
     @property
     def final_alpha_cumprod(self) -> float:
@@ -178,17 +188,25 @@ def ddim_tables(schedule: NoiseSchedule, num_steps: int) -> DDIMTables:
 
 
 @functools.lru_cache(maxsize=16)
-def _betas(beta_schedule: str, beta_start: float, beta_end: float, num_train_timesteps: int) -> np.ndarray:
+def _betas(beta_schedule: str, beta_start: float, beta_end: float, num_train_timesteps: int,
+           zero_terminal_snr: bool) -> np.ndarray:
     if beta_schedule == "scaled_linear":
         betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=np.float64) ** 2
     else:  # linear
         betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
+    if zero_terminal_snr:  # shift and scale sqrt(abar) so that it keeps its first value and ends at exactly 0
+        sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
+        first, last = sqrt_abar[0], sqrt_abar[-1]
+        abar = ((sqrt_abar - last) * first / (first - last)) ** 2
+        betas = 1.0 - np.concatenate([abar[:1], abar[1:] / abar[:-1]])
     betas.setflags(write=False)
     return betas
 
 
 @functools.lru_cache(maxsize=16)
-def _alphas_cumprod(beta_schedule: str, beta_start: float, beta_end: float, num_train_timesteps: int) -> np.ndarray:
-    alphas_cumprod = np.cumprod(1.0 - _betas(beta_schedule, beta_start, beta_end, num_train_timesteps))
+def _alphas_cumprod(beta_schedule: str, beta_start: float, beta_end: float, num_train_timesteps: int,
+                    zero_terminal_snr: bool) -> np.ndarray:
+    alphas_cumprod = np.cumprod(1.0 - _betas(beta_schedule, beta_start, beta_end, num_train_timesteps,
+                                             zero_terminal_snr))
     alphas_cumprod.setflags(write=False)
     return alphas_cumprod

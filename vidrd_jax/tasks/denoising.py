@@ -13,6 +13,7 @@ Caption dropout for classifier-free guidance happens in the data pipeline (empty
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -88,8 +89,8 @@ class DenoisingTask(Task):
         m = config.model
         if m.preset not in PRESETS:
             raise ValueError(f"config.model.preset must be one of {PRESETS}, got {m.preset!r}")
-        if m.init_from:
-            checkpoints.load_model_config(m.init_from)  # raises naming the directory if it is not a checkpoint
+        # raises naming the directory if it is not a checkpoint
+        base = checkpoints.load_model_config(m.init_from) if m.init_from else {}
         for field, pattern in (("trainable_regex", config.trainable_regex), ("model.allow_missing", m.allow_missing)):
             try:
                 re.compile(pattern)
@@ -97,6 +98,14 @@ class DenoisingTask(Task):
                 raise ValueError(f"config.{field}: invalid regex {pattern!r} ({e})") from e
         if not config.snr_gamma >= 0:
             raise ValueError(f"config.snr_gamma must be >= 0 (0 = unweighted eq. 3), got {config.snr_gamma!r}")
+        unknown = set(m.scheduler.keys()) - {f.name for f in dataclasses.fields(NoiseSchedule)}
+        if unknown:
+            raise ValueError(f"config.model.scheduler: unknown fields {sorted(unknown)} (NoiseSchedule has "
+                             f"{[f.name for f in dataclasses.fields(NoiseSchedule)]})")
+        try:
+            NoiseSchedule.from_diffusers({**base.get("scheduler", NoiseSchedule().to_dict()), **m.scheduler.to_dict()})
+        except ValueError as e:
+            raise ValueError(f"config.model.scheduler: {e}") from e
         s = config.sample
         if s.every_steps < 0:
             raise ValueError(f"config.sample.every_steps must be >= 0 (0 = off), got {s.every_steps}")
