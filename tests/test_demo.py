@@ -64,7 +64,7 @@ def test_evaluation_table_and_sampler_ablation(demo):
     model = evaluation["results"]["model"]
     main = model["reverse_dsg_pns"]
     assert main["num_videos"] >= 32  # 16 held-out prompts x 2 seeds
-    # The autoencoder's ceiling: the same held-out combinations, rendered and passed through encoder and decoder.
+    # The autoencoder's fidelity: the same held-out combinations, rendered and passed through encoder and decoder.
     assert model["reconstruction"]["num_videos"] == main["num_videos"]
     for scores in [*model.values(), evaluation["results"]["baseline"]["reverse_dsg_pns"]]:
         assert 0.0 <= scores["colour_accuracy"] <= 1.0 and 0.0 <= scores["direction_accuracy"] <= 1.0

@@ -21,8 +21,9 @@ and scored on the decoded frames:
 Variants (paper §5.4's ablation on our data): ``frame_mapping`` reverse vs forward, and DSG + PNS on (``dsg_beta``,
 ``pns_alpha``) vs off (β = 0, α = 0: the prompt frames are reused but neither guided nor mixed). The baseline runs the
 main variant. The model's row ``reconstruction`` scores rendered clips of the same combinations passed through its
-autoencoder: the ceiling set by the decoder. Results: ``OUT/evaluation.json``, ``OUT/evaluation.md`` (the table, also printed) and one PNG contact
-sheet per model and variant (``OUT/sheets/``; rows = videos, first ``sheet_videos`` prompts of seed 0).
+autoencoder (encoder mean -> decoder): how well the decoder keeps colour and motion of real clips. Results: ``OUT/evaluation.json``, ``OUT/evaluation.md`` (the table, also
+printed) and one PNG contact sheet per model and variant (``OUT/sheets/``; rows = videos, first ``sheet_videos``
+prompts of seed 0).
 """
 from __future__ import annotations
 
@@ -199,9 +200,10 @@ def generate_videos(pipeline, c: ml_collections.ConfigDict, prompts: Sequence[st
 
 
 def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, float]:
-    """The autoencoder's ceiling: the scores of rendered clips of the same held-out combinations (``num_clips · N``
+    """The autoencoder's fidelity: the scores of rendered clips of the same held-out combinations (``num_clips · N``
     frames of continuous motion per prompt and seed) after the pipeline's encoder (posterior mean) and decoder. A
-    generated video cannot show a colour that the decoder does not reproduce."""
+    decoder that washes a colour out of real clips limits the generator too (loosely: the UNet may learn latents that
+    decode more saturated than encoded ones)."""
     import jax.numpy as jnp
 
     from vidrd_jax.models.vae import AutoencoderKL
@@ -221,7 +223,7 @@ def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, f
 def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequence[str], out_dir: str,
                    label: str, reconstruction: bool = False) -> dict[str, dict[str, float]]:
     """Scores of ``checkpoint`` for each variant (all prompts x seeds), and under ``"reconstruction"`` its
-    autoencoder's ceiling when asked; writes a contact sheet per variant."""
+    autoencoder's fidelity when asked; writes a contact sheet per variant."""
     from vidrd_jax import media
     from vidrd_jax.pipeline import VideoPipeline
 
