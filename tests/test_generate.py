@@ -157,8 +157,12 @@ def test_same_seed_same_frames_other_seed_other_frames(checkpoint, vidrd_run, tm
     other = run_cli(checkpoint, tmp_path / "other.mp4", "--num_clips", "3", "--seed", "1")
     sha = [r["videos"][0]["frames_sha256"] for r in (record0, again, other)]
     assert sha[0] == sha[1] != sha[2]
-    np.testing.assert_array_equal(media.read_video(tmp_path / "again.mp4"), media.read_video(out0))
-    assert not np.array_equal(media.read_video(tmp_path / "other.mp4"), media.read_video(out0))
+    # The frames themselves are compared exactly by their sha256 above; x264 with several threads may encode the
+    # same frames slightly differently from run to run, so the decoded mp4s are compared up to codec noise.
+    first, repeat, other_video = (media.read_video(p).astype(np.float32)
+                                  for p in (out0, tmp_path / "again.mp4", tmp_path / "other.mp4"))
+    assert np.abs(repeat - first).mean() < 1.0
+    assert np.abs(other_video - first).mean() > 5 * max(np.abs(repeat - first).mean(), 0.2)
     assert traces.count(VIDRD_SHAPE) == 1  # three runs, one compiled clip program
 
 
