@@ -54,6 +54,13 @@ def _model_config(kind: str, base: Mapping[str, Any] | None, preset: str, overri
         raise ValueError(f"config.model.{kind}: {e}") from e
 
 
+def _training_schedule(base: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> NoiseSchedule:
+    """The init checkpoint's scheduler (SD-2.1-base's without one) with ``config.model.scheduler``'s fields on top."""
+    schedule = NoiseSchedule.from_diffusers(base["scheduler"]) if base and "scheduler" in base \
+        else NoiseSchedule.sd21_base()
+    return NoiseSchedule.from_diffusers({**schedule.to_dict(), **overrides}) if overrides else schedule
+
+
 class DenoisingTask(Task):
     """Trains the UNet3D with eq. 3 on frozen-VAE latents and frozen-CLIP text embeddings."""
 
@@ -103,7 +110,7 @@ class DenoisingTask(Task):
             raise ValueError(f"config.model.scheduler: unknown fields {sorted(unknown)} (NoiseSchedule has "
                              f"{[f.name for f in dataclasses.fields(NoiseSchedule)]})")
         try:
-            NoiseSchedule.from_diffusers({**base.get("scheduler", NoiseSchedule().to_dict()), **m.scheduler.to_dict()})
+            _training_schedule(base, m.scheduler.to_dict())
         except ValueError as e:
             raise ValueError(f"config.model.scheduler: {e}") from e
         s = config.sample
@@ -123,10 +130,7 @@ class DenoisingTask(Task):
         m = config.model
         base = checkpoints.load_model_config(m.init_from) if m.init_from else None
         self.model_configs = {kind: _model_config(kind, base, m.preset, m[kind]) for kind in MODELS}
-        schedule = NoiseSchedule.from_diffusers(base["scheduler"]) if base and "scheduler" in base \
-            else NoiseSchedule.sd21_base()
-        overrides = m.scheduler.to_dict()
-        self.schedule = NoiseSchedule.from_diffusers({**schedule.to_dict(), **overrides}) if overrides else schedule
+        self.schedule = _training_schedule(base, m.scheduler.to_dict())
         tokenizer = m.tokenizer or (base or {}).get("tokenizer") or None
         if tokenizer and base is not None and not m.tokenizer and not os.path.isabs(tokenizer):
             tokenizer = os.path.join(m.init_from, tokenizer)  # converted checkpoints carry their tokenizer folder
