@@ -34,6 +34,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (dy, dx)
 BACKGROUNDS: tuple[str, ...] = ("plain", "textured")
+SIZE_RANGE = (0.10, 0.16)  # object radius, fraction of the shorter side
+TRAVEL_RANGE = (0.25, 0.45)  # path length, fraction of the frame along the motion
 Combo = tuple[str, str, str]  # (colour, shape, direction)
 
 PHOTOS: dict[str, str] = {
@@ -157,14 +159,33 @@ def _background(rng: np.random.Generator, kind: str, height: int, width: int) ->
     return level + rng.uniform(10.0, 25.0) * texture / 3.0
 
 
+def _check_motion(size_range: tuple[float, float], travel_range: tuple[float, float], lateral_spread: float,
+                  height: int, width: int) -> None:
+    """Ranges are ordered and bounded, and the longest path plus the largest object's margins (``1.2 r + 1`` px each
+    side) fits in the frame."""
+    if not 0.0 <= lateral_spread <= 1.0:
+        raise ValueError(f"lateral_spread: must be in [0, 1], got {lateral_spread}")
+    for name, (lo, hi), top in (("size_range", size_range, 0.3), ("travel_range", travel_range, 0.8)):
+        if not 0.0 < lo <= hi <= top:
+            raise ValueError(f"{name}: need 0 < low <= high <= {top}, got {(lo, hi)}")
+    margin = 1.2 * size_range[1] * min(height, width) + 1.0
+    if any(2 * margin + travel_range[1] * side > side for side in (height, width)):
+        raise ValueError(f"size_range/travel_range: the largest object ({size_range[1]}) on the longest path "
+                         f"({travel_range[1]}) does not fit in a {height} x {width} frame")
+
+
 def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8, height: int = 64,
                 width: int | None = None, background: str = "plain", seed: int = 0,
-                return_centers: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                size_range: tuple[float, float] = SIZE_RANGE, travel_range: tuple[float, float] = TRAVEL_RANGE,
+                lateral_spread: float = 1.0, return_centers: bool = False
+                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """uint8 ``[num_frames, height, width, 3]`` clip of ``caption_for(colour, shape, direction)``.
 
-    Size (10-16 % of the shorter side), colour jitter (±12 per channel), path length (25-45 % of the frame along the
-    motion) and start position are drawn from ``seed``; the whole path stays inside the frame. Edges are
-    anti-aliased from the signed distance. ``return_centers`` also returns the ``[num_frames, 2]`` (y, x) centres.
+    Size (``size_range``: fraction of the shorter side), colour jitter (±12 per channel), path length
+    (``travel_range``: fraction of the frame along the motion) and start position are drawn from ``seed``; the whole
+    path stays inside the frame; across the motion it lies in the central ``lateral_spread`` fraction of the
+    admissible range (1: anywhere). Edges are anti-aliased from the signed distance. ``return_centers`` also returns
+    the ``[num_frames, 2]`` (y, x) centres.
     """
     width = width or height
     if colour not in COLOURS or direction not in DIRECTIONS:
@@ -173,19 +194,25 @@ def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8,
     if num_frames < 1 or height < 8 or width < 8:
         raise ValueError(f"num_frames/height/width: need >= 1 frame and >= 8 pixels, got {num_frames}, "
                          f"{height}, {width}")
+    _check_motion(size_range, travel_range, lateral_spread, height, width)
     rng = np.random.default_rng([seed, 104729])
     bg = _background(rng, background, height, width)
-    r = rng.uniform(0.10, 0.16) * min(height, width)
+    r = rng.uniform(*size_range) * min(height, width)
     rgb = np.clip(np.asarray(COLOURS[colour], np.float32) + rng.uniform(-12, 12, size=3), 0, 255)
     dy, dx = DIRECTIONS[direction]
     along = height if dy else width
-    travel = rng.uniform(0.25, 0.45) * along
+    travel = rng.uniform(*travel_range) * along
     margin = 1.2 * r + 1.0
     lo_y, hi_y = margin, height - margin
     lo_x, hi_x = margin, width - margin
     # Start so that start + travel * direction stays in [lo, hi] on the motion axis.
-    cy = rng.uniform(lo_y + max(0.0, -dy * travel), hi_y - max(0.0, dy * travel)) if dy else rng.uniform(lo_y, hi_y)
-    cx = rng.uniform(lo_x + max(0.0, -dx * travel), hi_x - max(0.0, dx * travel)) if dx else rng.uniform(lo_x, hi_x)
+    # Across it, within the central lateral_spread of [lo, hi].
+    def across(lo: float, hi: float) -> float:
+        half = 0.5 * (hi - lo) * lateral_spread
+        return rng.uniform(0.5 * (lo + hi) - half, 0.5 * (lo + hi) + half)
+
+    cy = rng.uniform(lo_y + max(0.0, -dy * travel), hi_y - max(0.0, dy * travel)) if dy else across(lo_y, hi_y)
+    cx = rng.uniform(lo_x + max(0.0, -dx * travel), hi_x - max(0.0, dx * travel)) if dx else across(lo_x, hi_x)
     t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
     centers = np.stack([cy + dy * travel * t, cx + dx * travel * t], axis=1)
     yy = np.arange(height, dtype=np.float32)[None, :, None] + 0.5
@@ -205,7 +232,8 @@ class ShapesSource(base.Source):
 
     def __init__(self, name: str, sampling: transforms.Sampling, *, num_items: int = 10000, split: str = "train",
                  holdout_fraction: float = 0.2, holdout_seed: int = 0, holdout: tuple[str, ...] = (),
-                 textured_prob: float = 0.5, seed: int = 0):
+                 textured_prob: float = 0.5, size_range: tuple[float, float] = SIZE_RANGE,
+                 travel_range: tuple[float, float] = TRAVEL_RANGE, lateral_spread: float = 1.0, seed: int = 0):
         super().__init__(name, sampling)
         if not isinstance(num_items, int) or num_items < 1:
             raise ValueError(f"num_items: must be a positive int, got {num_items!r}")
@@ -214,6 +242,8 @@ class ShapesSource(base.Source):
         self.num_items = num_items
         self.combos = split_combos(split, holdout_fraction, holdout_seed, tuple(holdout))
         self.textured_prob = textured_prob
+        _check_motion(tuple(size_range), tuple(travel_range), lateral_spread, sampling.height, sampling.width)
+        self.size_range, self.travel_range, self.lateral_spread = tuple(size_range), tuple(travel_range), lateral_spread
         self.seed = seed
 
     def __len__(self) -> int:
@@ -229,7 +259,8 @@ class ShapesSource(base.Source):
         (colour, shape, direction), background, seed = self.item(index)
         s = self.sampling
         frames = render_clip(colour, shape, direction, num_frames=keyframes, height=s.height, width=s.width,
-                             background=background, seed=seed)
+                             background=background, seed=seed, size_range=self.size_range,
+                             travel_range=self.travel_range, lateral_spread=self.lateral_spread)
         return base.Raw(frames, (caption_for(colour, shape, direction),), base.CLIP, f"shapes/{index}")
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str]:

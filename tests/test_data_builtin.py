@@ -1,4 +1,6 @@
 """Built-in offline dataset: renderer, vocabulary, held-out combinations, determinism."""
+import re
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,21 @@ def test_photos_source_pseudo_videos():
     assert cat.load(0, None)[1] == "a photo of a cat"
     with pytest.raises(ValueError, match="photos"):
         builtin.PhotosSource("x", sampling, photos=("dog",))
+
+
+def test_motion_ranges_are_honoured_and_checked():
+    _, centres = builtin.render_clip("red", "circle", "right", num_frames=5, height=32, seed=0,
+                                     travel_range=(0.5, 0.55), lateral_spread=0.0, return_centers=True)
+    assert 16.0 <= centres[-1, 1] - centres[0, 1] <= 17.6  # 50-55 % of 32 px
+    assert np.allclose(centres[:, 0], 16.0)  # on the centre line
+    _, centres = builtin.render_clip("red", "circle", "up", num_frames=5, height=32, seed=0, size_range=(0.2, 0.2),
+                                     return_centers=True)
+    assert np.allclose(centres[:, 1], centres[0, 1]) and centres[-1, 0] < centres[0, 0]
+    for kwargs, message in ((dict(travel_range=(0.6, 0.7)), "does not fit in a 32 x 32 frame"),
+                            (dict(size_range=(0.2, 0.1)), "size_range: need 0 < low <= high"),
+                            (dict(lateral_spread=1.5), "lateral_spread: must be in [0, 1]")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            builtin.render_clip("red", "circle", "up", num_frames=2, height=32, **kwargs)
+    sampling = transforms.Sampling(num_frames=4, stride=2, height=32, width=32)
+    with pytest.raises(ValueError, match="travel_range"):
+        builtin.ShapesSource("shapes", sampling, num_items=4, travel_range=(0.7, 0.8))

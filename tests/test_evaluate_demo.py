@@ -67,3 +67,28 @@ def test_config_errors_name_the_field():
         ev.validate_config(c)
     with pytest.raises(ValueError, match="checkpoint"):
         ev.validate_config(ev.get_default_config())
+    c = ev.get_default_config()
+    c.checkpoint = "/x"
+    c.render.travel_range = (0.5, 0.9)
+    with pytest.raises(ValueError, match=r"render: travel_range"):
+        ev.validate_config(c)
+
+
+def test_evaluation_prompts_are_balanced_over_directions():
+    c = ev.get_default_config()
+    held = builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)
+    c.num_prompts = len(held)
+    order = ev.evaluation_prompts(c)
+    assert sorted(order) == sorted(held)  # a permutation of the held-out set
+    assert {d for _, _, d in order[:4]} == set(builtin.DIRECTIONS)
+    c.num_prompts = 16
+    first = ev.evaluation_prompts(c)
+    assert first == order[:16]
+    counts = {d: sum(x[2] == d for x in first) for d in builtin.DIRECTIONS}
+    available = {d: sum(x[2] == d for x in held) for d in builtin.DIRECTIONS}
+    # every direction gets min(its share of 16, what the held-out set has)
+    assert all(counts[d] >= min(available[d], 16 // 4) for d in builtin.DIRECTIONS), counts
+    # within a direction, colours alternate before repeating
+    lefts = [x[0] for x in first if x[2] == "left"]
+    assert len(set(lefts[:4])) == min(4, len({x[0] for x in held if x[2] == "left"}))
+

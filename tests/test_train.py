@@ -199,6 +199,29 @@ def test_config_errors_name_the_field():
         train.build_trainer(config, devices=jax.devices()[:1])
 
 
+def test_lr_mults_give_matching_parameters_their_own_scaled_optimizer_group():
+    config = tiny_config()
+    config.trainable_regex = r"^(unet|text_encoder)/"
+    config.lr_mults = ((r"^text_encoder/.*embeddings", 0.5), (r"^text_encoder/", 0.1))
+    task = DenoisingTask(config)
+    labels = task.param_labels(task.abstract_params()[0])
+    groups = task.optimizer_groups()
+    lr = config.optimizer.learning_rate
+    assert {k: g.learning_rate for k, g in groups.items()} == {"unet": lr, "unet_lr0": lr * 0.5, "unet_lr1": lr * 0.1}
+    for path, label in labels.items():
+        expected = ("unet_lr0" if "embeddings" in path else "unet_lr1") if path.startswith("text_encoder/") else (
+            "unet" if path.startswith("unet/") else ts.FROZEN)
+        assert label == expected, path
+    config.lr_mults = ((r"^vae/", 0.1),)  # frozen parameters are not a group
+    with pytest.raises(ValueError, match=re.escape("config.lr_mults[0]: '^vae/' matches no trainable parameter")):
+        DenoisingTask(config).param_labels(task.abstract_params()[0])
+    for bad, message in (((("(", 0.1),), "config.lr_mults[0]: invalid regex"),
+                         (((r"^unet/", 0.0),), "config.lr_mults[0] must be (regex, factor > 0)")):
+        config.lr_mults = bad
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train_config.validate_config(config)
+
+
 class LinearTask(Task):
     """``y = (x @ kernel + bias) * frozen_scale``: the smallest task, to test the trainer's own machinery.
 

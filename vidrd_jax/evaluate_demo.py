@@ -7,7 +7,8 @@ Prompts are the built-in dataset's held-out (colour, shape, direction) combinati
 .heldout_combos``: every word and every attribute pair was seen in training, the triple never). For each model
 (``checkpoint``: the final VidRD model; ``baseline_checkpoint``: the same trained without temporal layers) and each
 sampler variant, one batch of VidRD long videos (``num_clips`` clips of ``num_frames`` frames, paper Algorithm 1)
-is generated per seed (``num_prompts`` prompts for the main variant, the first ``ablation_prompts`` for the others),
+is generated per seed (``num_prompts`` prompts for the main variant, the first ``ablation_prompts`` for the others,
+balanced over directions and colours: :func:`evaluation_prompts`),
 and scored on the decoded frames:
 
 * colour accuracy: the moving object's pixels (saturation ``max(rgb) - min(rgb)`` above ``saturation_threshold``;
@@ -20,9 +21,10 @@ and scored on the decoded frames:
 
 Variants (paper §5.4's ablation on our data): ``frame_mapping`` reverse vs forward, and DSG + PNS on (``dsg_beta``,
 ``pns_alpha``) vs off (β = 0, α = 0: the prompt frames are reused but neither guided nor mixed). The baseline runs the
-main variant. The model's row ``reconstruction`` scores rendered clips of the same combinations passed through its
-autoencoder (encoder mean -> decoder): how well the decoder keeps colour and motion of real clips. Results: ``OUT/evaluation.json``, ``OUT/evaluation.md`` (the table, also
-printed) and one PNG contact sheet per model and variant (``OUT/sheets/``; rows = videos, first ``sheet_videos``
+main variant. The model's row ``reconstruction`` scores rendered clips of the same combinations (drawn with
+``render``, the training data's motion ranges) passed through its autoencoder (encoder mean -> decoder): how well the
+decoder keeps colour and motion of real clips. Results: ``OUT/evaluation.json``, ``OUT/evaluation.md`` (the table,
+also printed) and one PNG contact sheet per model and variant (``OUT/sheets/``; rows = videos, first ``sheet_videos``
 prompts of seed 0).
 """
 from __future__ import annotations
@@ -55,6 +57,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.baseline_checkpoint = ""  # the same trained without temporal layers ("" = no baseline)
     c.holdout_fraction = 0.2  # must match the training data's shapes source
     c.holdout_seed = 0
+    # render_clip's motion ranges, as the training data's shapes source (for the reconstruction row)
+    c.render = ml_collections.ConfigDict(dict(size_range=builtin.SIZE_RANGE, travel_range=builtin.TRAVEL_RANGE,
+                                              lateral_spread=1.0))
     c.num_prompts = 24  # held-out combinations evaluated with the main variant (<= the number held out)
     c.ablation_prompts = 8  # the first this many of them for the other sampler variants (smoothness ablation)
     c.seeds = (0, 1)
@@ -98,8 +103,32 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     if c.num_frames < 2 or not 0 <= c.num_prompt_frames < c.num_frames:
         raise ValueError(f"num_frames / num_prompt_frames: need N >= 2 and 0 <= M < N, got {c.num_frames}, "
                          f"{c.num_prompt_frames}")
+    try:
+        builtin.render_clip("red", "circle", "left", num_frames=2, height=c.resolution, **c.render.to_dict())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"render: {e}") from e
     if not 0 < c.saturation_threshold < 1:
         raise ValueError(f"saturation_threshold: must be in (0, 1), got {c.saturation_threshold}")
+
+
+def evaluation_prompts(c: ml_collections.ConfigDict) -> list[builtin.Combo]:
+    """The first ``num_prompts`` held-out combinations in a balanced order: round-robin over the directions (each
+    direction's combos in turn by colour, then shape), so any prefix covers the directions (and colours) as evenly
+    as the held-out set allows (vocabulary order put 14 horizontal motions among the first 16 of holdout seed 0)."""
+    held = builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)
+    colours = list(builtin.COLOURS)
+    queues = {d: sorted((x for x in held if x[2] == d), key=lambda x: (colours.index(x[0]), x[1]))
+              for d in builtin.DIRECTIONS}
+    # within a direction, alternate colours: take each colour's first combo before any colour's second
+    for d, combos in queues.items():
+        rank = {x: sum(1 for y in combos[:i] if y[0] == x[0]) for i, x in enumerate(combos)}
+        queues[d] = sorted(combos, key=lambda x: (rank[x], colours.index(x[0])))
+    order: list[builtin.Combo] = []
+    while len(order) < len(held):
+        for d in builtin.DIRECTIONS:
+            if queues[d]:
+                order.append(queues[d].pop(0))
+    return order[: c.num_prompts]
 
 
 # --- measurements ------------------------------------------------------------------------------------------------
@@ -208,9 +237,10 @@ def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, f
 
     from vidrd_jax.models.vae import AutoencoderKL
 
-    combos = builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)[: c.num_prompts]
+    combos = evaluation_prompts(c)
     clips = np.stack([builtin.render_clip(*combo, num_frames=c.num_clips * c.num_frames, height=c.resolution,
-                                          background=builtin.BACKGROUNDS[i % 2], seed=1000 * seed + i)
+                                          background=builtin.BACKGROUNDS[i % 2], seed=1000 * seed + i,
+                                          **c.render.to_dict())
                       for seed in c.seeds for i, combo in enumerate(combos)])
     vae = pipeline.configs["vae"]
     pixels = jnp.asarray(clips.reshape((-1,) + clips.shape[2:]), jnp.float32) / 127.5 - 1.0
@@ -232,7 +262,7 @@ def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequ
     for name in variants:
         start = time.perf_counter()
         count = c.num_prompts if name == MAIN_VARIANT else c.ablation_prompts
-        combos = builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)[:count]
+        combos = evaluation_prompts(c)[:count]
         prompts = [builtin.caption_for(*combo) for combo in combos]
         per_seed = [generate_videos(pipeline, c, prompts, seed, VARIANTS[name]) for seed in c.seeds]
         videos = np.concatenate(per_seed, axis=0)
@@ -276,8 +306,7 @@ def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
     verdict = passes(results, c.thresholds)
     table = format_table(results)
     record = {"config": c.to_dict(), "results": results, "passes": verdict,
-              "prompts": [builtin.caption_for(*x) for x in
-                          builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)[: c.num_prompts]],
+              "prompts": [builtin.caption_for(*x) for x in evaluation_prompts(c)],
               "seconds": round(time.perf_counter() - start, 1)}
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, OUTPUT_JSON), "w") as f:

@@ -84,6 +84,9 @@ class DenoisingTask(Task):
             scheduler=ml_collections.ConfigDict(),
         ))
         c.trainable_regex = PAPER_TRAINABLE_REGEX
+        # ((regex, factor), ...): trainable parameters whose path matches a regex (first match) train at
+        # factor x config.optimizer.learning_rate (big_vision's lr_mults), e.g. (("^text_encoder/", 0.1),)
+        c.lr_mults = ()
         c.snr_gamma = 0.0  # > 0: Min-SNR-γ weighting of eq. 3 (diffusion.ddim.min_snr_weight); 0 = plain eq. 3
         c.sample = ml_collections.ConfigDict(dict(
             every_steps=0,  # 0 = off
@@ -103,6 +106,13 @@ class DenoisingTask(Task):
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"config.{field}: invalid regex {pattern!r} ({e})") from e
+        for i, entry in enumerate(config.lr_mults):
+            if len(entry) != 2 or not isinstance(entry[1], (int, float)) or not entry[1] > 0:
+                raise ValueError(f"config.lr_mults[{i}] must be (regex, factor > 0), got {entry!r}")
+            try:
+                re.compile(entry[0])
+            except (re.error, TypeError) as e:
+                raise ValueError(f"config.lr_mults[{i}]: invalid regex {entry[0]!r} ({e})") from e
         if not config.snr_gamma >= 0:
             raise ValueError(f"config.snr_gamma must be >= 0 (0 = unweighted eq. 3), got {config.snr_gamma!r}")
         unknown = set(m.scheduler.keys()) - {f.name for f in dataclasses.fields(NoiseSchedule)}
@@ -163,13 +173,27 @@ class DenoisingTask(Task):
         return (m.init_from, m.allow_missing) if m.init_from else None
 
     def param_labels(self, shapes: Params) -> dict[str, str]:
+        """``LABEL`` for trainable parameters, ``LABEL_lr{i}`` for those of ``config.lr_mults[i]``."""
         labels = train_state.regex_labels(shapes, {LABEL: self.config.trainable_regex})
         if LABEL not in labels.values():
             raise ValueError(f"config.trainable_regex={self.config.trainable_regex!r} matches no parameter path")
+        mults = train_state.regex_labels(shapes, {f"{LABEL}_lr{i}": rx for i, (rx, _) in
+                                                  enumerate(self.config.lr_mults)})
+        labels = {p: mults[p] if label == LABEL and mults[p] != train_state.FROZEN else label
+                  for p, label in labels.items()}
+        for i, (rx, _) in enumerate(self.config.lr_mults):
+            if f"{LABEL}_lr{i}" not in labels.values():
+                raise ValueError(f"config.lr_mults[{i}]: {rx!r} matches no trainable parameter (before it: "
+                                 f"{[m[0] for m in self.config.lr_mults[:i]]})")
         return labels
 
     def optimizer_groups(self) -> dict[str, Mapping[str, Any]]:
-        return {LABEL: self.config.optimizer}
+        groups = {LABEL: self.config.optimizer}
+        for i, (_, factor) in enumerate(self.config.lr_mults):
+            scaled = self.config.optimizer.copy_and_resolve_references()
+            scaled.learning_rate = self.config.optimizer.learning_rate * factor
+            groups[f"{LABEL}_lr{i}"] = scaled
+        return groups
 
     # --- data ------------------------------------------------------------------------------------------------
     def host_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
