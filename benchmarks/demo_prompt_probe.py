@@ -27,7 +27,6 @@ import numpy as np
 
 from data_pipelines import builtin
 from vidrd_jax.diffusion.ddim import add_noise, training_target
-from vidrd_jax.models.vae import AutoencoderKL
 from vidrd_jax.pipeline import VideoPipeline
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -35,15 +34,8 @@ PERPENDICULAR = {"left": "up", "up": "right", "right": "down", "down": "left"}
 
 
 def encode_clips(pipeline: VideoPipeline, clips: np.ndarray) -> jax.Array:
-    """Scaled posterior-mean latents ``[B, F, h, w, C]`` of uint8 clips ``[B, F, H, W, 3]``."""
-    vae = pipeline.configs["vae"]
-    encode = jax.jit(lambda x: AutoencoderKL(vae).apply({"params": pipeline.params["vae"]}, x, method="encode")[0])
-    out = []
-    for i in range(0, len(clips), 64):
-        pixels = jnp.asarray(clips[i:i + 64], jnp.float32) / 127.5 - 1.0
-        mean = encode(pixels.reshape((-1,) + pixels.shape[2:]))
-        out.append(mean.reshape(pixels.shape[:2] + mean.shape[1:]) * vae.scaling_factor)
-    return jnp.concatenate(out)
+    """Scaled posterior-mean latents ``[B, F, h, w, C]`` of uint8 clips ``[B, F, H, W, 3]``, 64 clips at a time."""
+    return jnp.concatenate([pipeline.encode_clip(clips[i:i + 64]) for i in range(0, len(clips), 64)])
 
 
 def render(combos, frames: int, size: int, render_kwargs: dict, seed: int = 0) -> np.ndarray:

@@ -191,6 +191,25 @@ def test_pipeline_decodes_and_yields_one_clip_at_a_time(checkpoint, vidrd_run, m
     assert hashlib.sha256(np.concatenate(frames).tobytes()).hexdigest() == vidrd_run[1]["videos"][0]["frames_sha256"]
 
 
+def test_pipeline_encodes_clips_to_the_posterior_mean(checkpoint):
+    """``encode_clip``: frame-by-frame encoder mean times the scaling factor (what the denoising task trains on)."""
+    from vidrd_jax.models.vae import AutoencoderKL
+
+    pipe = pipeline_lib.VideoPipeline.from_checkpoint(checkpoint)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)
+    latents = np.asarray(pipe.encode_clip(frames))
+    vae = pipe.configs["vae"]
+    mean, _ = AutoencoderKL(vae).apply({"params": pipe.params["vae"]},
+                                       frames.reshape(6, 32, 32, 3).astype(np.float32) / 127.5 - 1.0, method="encode")
+    assert latents.shape == (2, 3, 32 // pipe.vae_factor, 32 // pipe.vae_factor, mean.shape[-1])
+    np.testing.assert_allclose(latents, np.asarray(mean).reshape(latents.shape) * vae.scaling_factor, rtol=1e-5,
+                               atol=1e-5)
+    assert pipe.decode_clip(latents).shape == frames.shape
+    for bad in (frames.astype(np.float32), frames[0], frames[:, :, :31, :31]):
+        with pytest.raises(ValueError, match="frames must be uint8"):
+            pipe.encode_clip(bad)
+
+
 def test_codenoise_cli_spreads_prompts_over_windows(checkpoint, tmp_path, traces):
     out = tmp_path / "long.mp4"
     record = run_cli(checkpoint, out, "--mode", "codenoise", "--num_frames", "12", "--config.codenoise.window_size=6",

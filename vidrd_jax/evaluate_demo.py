@@ -233,20 +233,12 @@ def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, f
     frames of continuous motion per prompt and seed) after the pipeline's encoder (posterior mean) and decoder. A
     decoder that washes a colour out of real clips limits the generator too (loosely: the UNet may learn latents that
     decode more saturated than encoded ones)."""
-    import jax.numpy as jnp
-
-    from vidrd_jax.models.vae import AutoencoderKL
-
     combos = evaluation_prompts(c)
     clips = np.stack([builtin.render_clip(*combo, num_frames=c.num_clips * c.num_frames, height=c.resolution,
                                           background=builtin.BACKGROUNDS[i % 2], seed=1000 * seed + i,
                                           **c.render.to_dict())
                       for seed in c.seeds for i, combo in enumerate(combos)])
-    vae = pipeline.configs["vae"]
-    pixels = jnp.asarray(clips.reshape((-1,) + clips.shape[2:]), jnp.float32) / 127.5 - 1.0
-    mean, _ = AutoencoderKL(vae).apply({"params": pipeline.params["vae"]}, pixels, method="encode")
-    latents = (mean * vae.scaling_factor).reshape(clips.shape[:2] + mean.shape[1:])
-    return score_videos(pipeline.decode_clip(latents, c.num_frames), list(combos) * len(c.seeds), c.num_frames,
+    return score_videos(pipeline.decode_clip(pipeline.encode_clip(clips), c.num_frames), list(combos) * len(c.seeds), c.num_frames,
                         c.saturation_threshold)
 
 

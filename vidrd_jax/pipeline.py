@@ -120,6 +120,15 @@ def _decode_to_uint8(config: VAEConfig, num_frames: int, params: Any, latents: j
     return pixels.reshape((b, f) + pixels.shape[1:])
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
+def _encode_from_uint8(config: VAEConfig, params: Any, frames: jax.Array) -> jax.Array:
+    """uint8 [B, F, H, W, 3] -> scaled posterior-mean latents [B, F, h, w, C] (frame by frame)."""
+    b, f = frames.shape[:2]
+    pixels = frames.reshape((b * f,) + frames.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
+    mean, _ = AutoencoderKL(config).apply({"params": params}, pixels, method="encode")
+    return (mean.astype(jnp.float32) * config.scaling_factor).reshape((b, f) + mean.shape[1:])
+
+
 @functools.lru_cache(maxsize=16)
 def _param_shapes(kind: str, config: Any) -> dict[str, tuple[int, ...]]:
     """{"a/b/kernel": shape} of a model's parameters (traced once per config, nothing allocated)."""
@@ -254,6 +263,16 @@ class VideoPipeline:
         count = len(ids)
         padded = np.concatenate([ids, np.repeat(ids[:1], (1 << (count - 1).bit_length()) - count, axis=0)])
         return _encode_text(self.configs["text_encoder"], self.params["text_encoder"], jnp.asarray(padded))[:count]
+
+    def encode_clip(self, frames: np.ndarray) -> jax.Array:
+        """uint8 frames ``[B, F, H, W, 3]`` -> scaled posterior-mean latents ``[B, F, h, w, C]`` (the inverse of
+        :meth:`decode_clip` up to the autoencoder's error)."""
+        frames = np.asarray(frames)
+        if (frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8
+                or frames.shape[2] % self.vae_factor or frames.shape[3] % self.vae_factor):
+            raise ValueError(f"frames must be uint8 [B, F, H, W, 3] with H and W multiples of the VAE factor "
+                             f"{self.vae_factor}, got {frames.dtype} {frames.shape}")
+        return _encode_from_uint8(self.configs["vae"], self.params["vae"], jnp.asarray(frames))
 
     def decode_clip(self, latents: jax.Array, num_frames: int | None = None) -> np.ndarray:
         """Scaled latents ``[B, F, h, w, C]`` -> uint8 frames ``[B, F, H, W, 3]`` on the host.
