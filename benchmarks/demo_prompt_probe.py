@@ -1,9 +1,10 @@
 """Which words of the demo's prompts does a trained model use, and how much could each word be worth?
 
     python benchmarks/demo_prompt_probe.py --checkpoint workdirs/demo/unet/export \
-        [--render '{"travel_range": [0.5, 0.55], "lateral_spread": 0.0}'] [--clips 24]
+        [--render '{"travel_range": [0.5, 0.55], "lateral_spread": 0.0}'] [--clips 24] [--split heldout]
 
-1. Caption swap: the denoising loss (eq. 3, the checkpoint's own target) on rendered training clips, with the right
+1. Caption swap: the denoising loss (eq. 3, the checkpoint's own target) on rendered clips of training combinations
+   (every third; ``--split heldout``: the held-out ones, which the model never saw captioned), with the right
    caption and with one word changed (the opposite direction, the perpendicular direction, another colour, another
    shape, the empty caption), at t = 900 / 750 / 500 / 250; same clips, noise and t for every caption. A word the
    model ignores changes the loss by ~0 %.
@@ -74,17 +75,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="inference checkpoint (the demo's unet/export)")
     parser.add_argument("--render", default="{}", help="JSON keyword arguments of builtin.render_clip")
-    parser.add_argument("--clips", type=int, default=24, help="training clips for the caption swap")
+    parser.add_argument("--clips", type=int, default=24, help="clips for the caption swap")
+    parser.add_argument("--split", choices=("train", "heldout"), default="train",
+                        help="combinations of the caption swap's clips")
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--size", type=int, default=32)
     args = parser.parse_args()
     render_kwargs = json.loads(args.render)
     pipeline = VideoPipeline.from_checkpoint(args.checkpoint)
 
-    train = builtin.split_combos("train")[::3][: args.clips]
-    z0 = encode_clips(pipeline, render(train, args.frames, args.size, render_kwargs, seed=100))
-    print(f"1. caption swap ({len(train)} training clips; loss, change vs the right caption)")
-    for t, losses in caption_swap(pipeline, z0, train).items():
+    swap = builtin.split_combos(args.split)[:: 3 if args.split == "train" else 1][: args.clips]
+    z0 = encode_clips(pipeline, render(swap, args.frames, args.size, render_kwargs, seed=100))
+    print(f"1. caption swap ({len(swap)} {args.split} clips; loss, change vs the right caption)")
+    for t, losses in caption_swap(pipeline, z0, swap).items():
         base = losses["right caption"]
         print(f"  t={t}: " + ", ".join(f"{k} {v:.4f} ({100 * (v / base - 1):+.1f} %)" for k, v in losses.items()))
 

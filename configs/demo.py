@@ -78,7 +78,7 @@ VAE = dict(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=
 # From scratch: no image model to preserve, so the temporal layers start live (temporal_zero_init=False).
 # Frame and pooled-text terms in the timestep MLP (opt-in, not SD/VidRD): without them the UNet learned the prompt's
 # axis of motion but never which way along it (swapping "left" for "right" changed the loss by 3 % at t = 900; with
-# them by 124 %). Sign needs text x frame x position; the MLP supplies the text x frame part.
+# them by 100 %). Sign needs text x frame x position; the MLP supplies the text x frame part.
 UNET = dict(block_out_channels=(32, 64), layers_per_block=1, num_attention_heads=(1, 2),
             down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D"),
             up_block_types=("CrossAttnUpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=64, norm_num_groups=8,
