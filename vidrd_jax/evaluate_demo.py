@@ -238,8 +238,8 @@ def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, f
                                           background=builtin.BACKGROUNDS[i % 2], seed=1000 * seed + i,
                                           **c.render.to_dict())
                       for seed in c.seeds for i, combo in enumerate(combos)])
-    return score_videos(pipeline.decode_clip(pipeline.encode_clip(clips), c.num_frames), list(combos) * len(c.seeds), c.num_frames,
-                        c.saturation_threshold)
+    videos = pipeline.decode_clip(pipeline.encode_clip(clips), c.num_frames)
+    return score_videos(videos, list(combos) * len(c.seeds), c.num_frames, c.saturation_threshold)
 
 
 def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequence[str], out_dir: str,

@@ -101,18 +101,16 @@ class DenoisingTask(Task):
             raise ValueError(f"config.model.preset must be one of {PRESETS}, got {m.preset!r}")
         # raises naming the directory if it is not a checkpoint
         base = checkpoints.load_model_config(m.init_from) if m.init_from else {}
-        for field, pattern in (("trainable_regex", config.trainable_regex), ("model.allow_missing", m.allow_missing)):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"config.{field}: invalid regex {pattern!r} ({e})") from e
         for i, entry in enumerate(config.lr_mults):
             if len(entry) != 2 or not isinstance(entry[1], (int, float)) or not entry[1] > 0:
                 raise ValueError(f"config.lr_mults[{i}] must be (regex, factor > 0), got {entry!r}")
+        patterns = [("trainable_regex", config.trainable_regex), ("model.allow_missing", m.allow_missing)]
+        patterns += [(f"lr_mults[{i}]", rx) for i, (rx, _) in enumerate(config.lr_mults)]
+        for field, pattern in patterns:
             try:
-                re.compile(entry[0])
+                re.compile(pattern)
             except (re.error, TypeError) as e:
-                raise ValueError(f"config.lr_mults[{i}]: invalid regex {entry[0]!r} ({e})") from e
+                raise ValueError(f"config.{field}: invalid regex {pattern!r} ({e})") from e
         if not config.snr_gamma >= 0:
             raise ValueError(f"config.snr_gamma must be >= 0 (0 = unweighted eq. 3), got {config.snr_gamma!r}")
         unknown = set(m.scheduler.keys()) - {f.name for f in dataclasses.fields(NoiseSchedule)}
