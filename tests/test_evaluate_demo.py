@@ -21,8 +21,10 @@ def test_rendered_clips_score_perfectly():
     assert scores["colour_accuracy"] == 1.0
     assert scores["direction_accuracy"] == 1.0 and scores["direction_sign_accuracy"] == 1.0
     assert scores["direction_axis_accuracy"] == 1.0
-    # Every clip restarts at a new random place: junctions change far more than frames inside a clip.
+    # Every clip restarts at a new random place: junctions change far more than frames inside a clip, and the
+    # object's centroid jumps further there than it moves between frames.
     assert scores["junction_ratio"] > 2.0
+    assert scores["jump_ratio"] > 2.0 and scores["inside_step"] > 2.0
     assert scores["num_videos"] == len(combos)
 
 
@@ -45,12 +47,18 @@ def test_continuous_motion_has_no_junction_jump():
     video = builtin.render_clip(*combo, num_frames=12, height=32, seed=3)[None]
     scores = ev.score_videos(video, [combo], 4, THRESHOLD)
     assert scores["junction_ratio"] == pytest.approx(1.0, abs=0.35)
+    # steps of ~3 px: the centroid moves as far at the cuts as between the other frames
+    video = builtin.render_clip(*combo, num_frames=12, height=64, seed=3, travel_range=(0.5, 0.55),
+                                lateral_spread=0.0)[None]
+    scores = ev.score_videos(video, [combo], 4, THRESHOLD)
+    assert scores["inside_step"] > 2.5 and scores["jump_ratio"] == pytest.approx(1.0, abs=0.2)
 
 
 def test_empty_frames_count_as_failures():
     gray = np.full((2, 8, 32, 32, 3), 90, np.uint8)
     scores = ev.score_videos(gray, builtin.heldout_combos(0.2, 0)[:2], 4, THRESHOLD)
     assert scores["colour_accuracy"] == 0.0 and scores["direction_accuracy"] == 0.0
+    assert np.isnan(scores["jump_ratio"])  # no object, no centroid to follow
 
 
 def test_config_errors_name_the_field():

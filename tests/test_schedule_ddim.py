@@ -231,3 +231,35 @@ def test_guidance_one_batched_call_per_step():
         ClassifierFreeGuidance(model_fn, -1.0)
     with pytest.raises(ValueError, match="'negative'"):
         ClassifierFreeGuidance(model_fn, 2.0)(z, t, {"text": text})
+
+
+def test_training_timesteps_uniform_or_logit_normal():
+    import math
+
+    from vidrd_jax.diffusion.ddim import sample_training_timesteps
+
+    n, key = 200_000, jax.random.key(3)
+    uniform = np.asarray(sample_training_timesteps(key, n, 1000))
+    assert uniform.dtype == np.int32 and uniform.min() == 0 and uniform.max() == 999
+    assert abs(np.mean(uniform >= 850) - 0.15) < 0.005
+    shifted = np.asarray(sample_training_timesteps(key, n, 1000, (1.0, 1.5)))
+    assert 0 <= shifted.min() and shifted.max() <= 999
+    # P(t >= 850) = P(sigmoid(1 + 1.5 n) >= 0.85): 31 % of the batch at the highest noise levels, not 15 %
+    for edge in (250, 500, 850):
+        want = 0.5 * math.erfc((math.log(edge / (1000 - edge)) - 1.0) / 1.5 / math.sqrt(2))
+        assert abs(np.mean(shifted >= edge) - want) < 0.005, edge
+    assert abs(np.median(shifted) - 1000 / (1 + math.exp(-1.0))) < 3
+
+
+def test_min_snr_weights():
+    from vidrd_jax.diffusion.ddim import min_snr_weight
+
+    t = np.array([0, 100, 500, 900, 999])
+    for prediction_type, denominator in (("epsilon", 0.0), ("v_prediction", 1.0)):
+        schedule = NoiseSchedule(prediction_type=prediction_type)
+        abar = np.asarray(schedule.alphas_cumprod, np.float64)[t]
+        snr = abar / (1 - abar)
+        want = np.minimum(snr, 5.0) / (snr + denominator)
+        np.testing.assert_allclose(np.asarray(min_snr_weight(schedule, t, 5.0)), want, rtol=1e-4)
+        # low-noise steps (SNR > γ) are down-weighted, high-noise ones keep their weight (epsilon) or less than 1
+        assert want[0] < want[-1] if prediction_type == "epsilon" else want.max() <= 1.0

@@ -178,6 +178,7 @@ def test_config_errors_name_the_field():
              ("optimizer.schedule", "step", "config.optimizer.schedule"),
              ("trainable_regex", "(", "config.trainable_regex"), ("model.preset", "huge", "config.model.preset"),
              ("checkpoint.keep", 0, "config.checkpoint.keep"),
+             ("timestep_logit_normal", (1.0, 0.0), "config.timestep_logit_normal must be () (uniform) or (mean"),
              ("model.scheduler.beta_ends", 0.02, "config.model.scheduler: unknown fields ['beta_ends']"),
              ("model.scheduler.rescale_betas_zero_snr", True, "config.model.scheduler: rescale_betas_zero_snr=True")]
     for field, value, message in cases:

@@ -17,7 +17,10 @@ and scored on the decoded frames:
   prompt's axis and is larger there than across it (4-way; chance 1/4). ``direction_sign_accuracy``: the sign only;
   ``direction_axis_accuracy``: the motion is mostly along the prompt's axis, either way (chance 1/2);
 * smoothness: mean absolute frame-to-frame change (``[0, 1]`` pixel scale) at clip junctions (last frame of clip i
-  -> first frame of clip i+1) vs inside clips, and their ratio ``junction_ratio``.
+  -> first frame of clip i+1) vs inside clips, and their ratio ``junction_ratio``; and how far the object's centroid
+  moves at junctions vs inside clips (``junction_jump`` / ``inside_step`` pixels, ``jump_ratio``): a small object
+  that jumps back to its start changes as many pixels as one that takes an ordinary step, so only the second
+  measure sees the jump.
 
 Variants (paper §5.4's ablation on our data): ``frame_mapping`` reverse vs forward, and DSG + PNS on (``dsg_beta``,
 ``pns_alpha``) vs off (β = 0, α = 0: the prompt frames are reused but neither guided nor mixed). The baseline runs the
@@ -33,6 +36,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from typing import Any, Sequence
 
 import ml_collections
@@ -150,18 +154,16 @@ def dominant_colour(frames: np.ndarray, masks: np.ndarray) -> str | None:
     return names[int(np.argmin(np.sum(np.square(palette - mean), axis=1)))]
 
 
+def centroids(masks: np.ndarray) -> list[np.ndarray | None]:
+    """(y, x) centroid of each frame's object pixels in ``masks`` ``[F, H, W]`` (None for a frame without any)."""
+    return [np.argwhere(mask).mean(0) if mask.any() else None for mask in masks]
+
+
 def centroid_displacement(masks: np.ndarray) -> np.ndarray | None:
     """(dy, dx) in pixels from the first to the last frame with object pixels in ``masks`` ``[F, H, W]``; None
     if fewer than two frames have any."""
-    present = [i for i in range(len(masks)) if masks[i].any()]
-    if len(present) < 2:
-        return None
-
-    def centroid(mask: np.ndarray) -> np.ndarray:
-        ys, xs = np.nonzero(mask)
-        return np.asarray([ys.mean(), xs.mean()])
-
-    return centroid(masks[present[-1]]) - centroid(masks[present[0]])
+    present = [c for c in centroids(masks) if c is not None]
+    return present[-1] - present[0] if len(present) >= 2 else None
 
 
 def direction_scores(displacement: np.ndarray | None, direction: str) -> tuple[bool, bool, bool]:
@@ -182,10 +184,22 @@ def frame_changes(video: np.ndarray, clip_starts: Sequence[int]) -> tuple[float,
     return float(diffs[junction].mean()), float(diffs[~junction].mean())
 
 
+def centroid_steps(masks: np.ndarray, clip_starts: Sequence[int]) -> tuple[float, float]:
+    """Mean distance in pixels the object's centroid moves at clip junctions (t+1 in ``clip_starts``) and between
+    the other consecutive frames of ``masks`` ``[T, H, W]``; pairs with an empty frame are skipped (NaN if none)."""
+    points = centroids(masks)
+    junction, inside = [], []
+    for t in range(len(masks) - 1):
+        if points[t] is not None and points[t + 1] is not None:
+            (junction if t + 1 in clip_starts else inside).append(np.linalg.norm(points[t + 1] - points[t]))
+    return (float(np.mean(junction)) if junction else float("nan"),
+            float(np.mean(inside)) if inside else float("nan"))
+
+
 def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frames: int, threshold: float
                  ) -> dict[str, float]:
     """Metrics of uint8 long videos ``[B, T, H, W, 3]`` (clips of ``clip_frames`` frames) for their combos."""
-    colour, direction, sign, axis, junction, inside = [], [], [], [], [], []
+    colour, direction, sign, axis, junction, inside, jumps, steps = [], [], [], [], [], [], [], []
     starts = list(range(clip_frames, videos.shape[1], clip_frames))
     for video, (c, _, d) in zip(videos, combos):
         first = video[:clip_frames]
@@ -198,11 +212,18 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
         j, i = frame_changes(video, starts)
         junction.append(j)
         inside.append(i)
+        jump, step = centroid_steps(object_masks(video, threshold), starts)
+        jumps.append(jump)
+        steps.append(step)
     junction_change, inside_change = float(np.mean(junction)), float(np.mean(inside))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no video showed an object across a pair
+        jump, step = float(np.nanmean(jumps)), float(np.nanmean(steps))
     return {"colour_accuracy": float(np.mean(colour)), "direction_accuracy": float(np.mean(direction)),
             "direction_sign_accuracy": float(np.mean(sign)), "direction_axis_accuracy": float(np.mean(axis)),
             "junction_change": junction_change,
             "inside_change": inside_change, "junction_ratio": junction_change / max(inside_change, 1e-8),
+            "junction_jump": jump, "inside_step": step, "jump_ratio": jump / max(step, 1e-8),
             "num_videos": len(combos)}
 
 
@@ -278,7 +299,7 @@ def passes(results: dict[str, Any], thresholds: ml_collections.ConfigDict) -> di
 def format_table(results: dict[str, Any]) -> str:
     """Markdown table: one row per (model, variant)."""
     columns = ("colour_accuracy", "direction_accuracy", "direction_sign_accuracy", "direction_axis_accuracy",
-               "junction_change", "inside_change", "junction_ratio")
+               "junction_change", "inside_change", "junction_ratio", "jump_ratio")
     lines = ["| model | variant | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for model in ("model", "baseline"):
         for variant, scores in results.get(model, {}).items():

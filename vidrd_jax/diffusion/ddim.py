@@ -51,6 +51,18 @@ def training_target(schedule: NoiseSchedule, x0: jax.Array, noise: jax.Array, ti
     return get_velocity(schedule, x0, noise, timesteps)
 
 
+def sample_training_timesteps(key: jax.Array, batch: int, num_train_timesteps: int,
+                              logit_normal: tuple[float, float] | None = None) -> jax.Array:
+    """Training timesteps ``[B]`` (int32): ``U{0, T-1}`` (eq. 3), or with ``logit_normal = (m, s)``
+    ``floor(T * sigmoid(m + s * n))``, ``n ~ N(0, 1)`` (Esser et al. 2024, SD3 §3.1; ``m > 0`` puts more of the
+    batch at high noise, where the layout of a clip is decided)."""
+    if logit_normal is None:
+        return jax.random.randint(key, (batch,), 0, num_train_timesteps)
+    mean, std = logit_normal
+    u = jax.nn.sigmoid(mean + std * jax.random.normal(key, (batch,), jnp.float32))
+    return jnp.minimum((u * num_train_timesteps).astype(jnp.int32), num_train_timesteps - 1)
+
+
 def min_snr_weight(schedule: NoiseSchedule, timesteps: jax.Array, gamma: float) -> jax.Array:
     """Min-SNR-γ loss weights ``[B]`` (Hang et al. 2023): ``min(SNR_t, γ) / SNR_t`` for epsilon targets and
     ``min(SNR_t, γ) / (SNR_t + 1)`` for velocity targets, with ``SNR_t = abar_t / (1 - abar_t)``; γ = 5 in the

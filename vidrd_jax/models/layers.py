@@ -155,21 +155,15 @@ def timestep_embedding(timesteps: Array, dim: int, flip_sin_to_cos: bool = True,
 
 
 class TimestepEmbedding(nn.Module):
-    """``linear_1 -> SiLU -> linear_2`` on the sinusoidal timestep features (SD's ``time_embedding``).
-
-    ``extra`` (``[B or 1, F, T]``) is added to ``linear_1``'s output before the SiLU, so the MLP combines it with
-    the timestep and returns one embedding per frame ``[B, F, T]`` (UNet3D's frame and text conditioning).
-    """
+    """``linear_1 -> SiLU -> linear_2`` on the sinusoidal timestep features (SD's ``time_embedding``)."""
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, features: Array, extra: Array | None = None) -> Array:
+    def __call__(self, features: Array) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = dense(self.features, ("embed", "mlp"), name="linear_1", **kw)(features)
-        if extra is not None:
-            h = h[:, None] + extra
         return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(nn.silu(h))
 
 
@@ -260,8 +254,7 @@ class ResnetBlock(nn.Module):
 
     ``norm1 -> SiLU -> conv1 (+ time_emb_proj(SiLU(temb))) -> norm2 -> SiLU -> conv2``, plus the input (through a
     1x1 ``conv_shortcut`` when the channel count changes). ``x``: ``[B, F, H, W, C]`` or ``[N, H, W, C]``;
-    ``temb``: ``[B, T]`` (broadcast over frames and space), ``[B, F, T]`` (one per frame, broadcast over space) or
-    None (autoencoder).
+    ``temb``: ``[B, T]`` (broadcast over frames and space) or None (autoencoder).
     """
     out_channels: int
     num_groups: int
@@ -280,8 +273,7 @@ class ResnetBlock(nn.Module):
         h = conv(self.out_channels, (3, 3), name="conv1", **kw)(nn.silu(norm("norm1", x)))
         if temb is not None:
             t = dense(self.out_channels, ("mlp", "embed"), name="time_emb_proj", **kw)(nn.silu(temb))
-            lead = t.shape[:-1]  # [B] or [B, F]
-            h = h + t.reshape(lead + (1,) * (h.ndim - 1 - len(lead)) + t.shape[-1:])
+            h = h + t.reshape(t.shape[:1] + (1,) * (h.ndim - 2) + t.shape[1:])
         h = conv(self.out_channels, (3, 3), name="conv2", **kw)(nn.silu(norm("norm2", h)))
         if x.shape[-1] != self.out_channels:
             x = conv(self.out_channels, (1, 1), name="conv_shortcut", **kw)(x)

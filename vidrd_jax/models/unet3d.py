@@ -8,7 +8,6 @@ official release (``shared/reference/README.md``); parameters are named as its P
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -51,12 +50,6 @@ class UNet3DConfig(ModelConfigMixin):
       temporal_conv_layers: GroupNorm-SiLU-Dropout-Conv sub-layers per Temp-Conv (official: 4).
       temporal_position_embedding: ``residual`` (official) | ``attention`` | ``none``; see
         :func:`vidrd_jax.models.temporal_layers.temporal_attention`.
-      frame_time_embedding: add the frame index (sinusoidal features, projected by ``frame_time_proj``) into the
-        timestep MLP, so every ResNet gets a per-frame embedding. Not in SD or VidRD (opt-in): a small model
-        trained from scratch otherwise has to learn absolute frame order from Temp-Conv padding and Temp-Attn.
-      text_time_embedding: add the mean over tokens of the text embeddings (``text_time_proj``) into the timestep
-        MLP. With ``frame_time_embedding`` the MLP combines text and frame, e.g. where "moving left" puts the
-        object in the first frame. Both projections start at zero: a fresh model equals one without them.
       groupnorm_scope: ``clip`` (official release: ResNet, Temp-Conv and conv_norm_out statistics pooled over the
         frames and space) | ``frame`` (per frame, as the paper's text). Transformer GroupNorms are always per frame.
       dropout: dropout rate inside Temp-Conv (the official model's only dropout).
@@ -81,8 +74,6 @@ class UNet3DConfig(ModelConfigMixin):
     temporal_zero_init: bool = True
     temporal_conv_layers: int = 4
     temporal_position_embedding: str = "residual"
-    frame_time_embedding: bool = False
-    text_time_embedding: bool = False
     groupnorm_scope: str = "clip"
     dropout: float = 0.1
     attention_impl: str = "plain"
@@ -106,7 +97,7 @@ class UNet3DConfig(ModelConfigMixin):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 fail(name, f"must be a positive int, got {value!r}")
-        for name in ("use_temporal", "temporal_zero_init", "frame_time_embedding", "text_time_embedding"):
+        for name in ("use_temporal", "temporal_zero_init"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"must be a bool, got {getattr(self, name)!r}")
         levels = len(self.block_out_channels)
@@ -365,17 +356,8 @@ class UNet3D(nn.Module):
 
         kw = cfg.dtype_kwargs()
         dtype = cfg.compute_dtype
-        width = cfg.block_out_channels[0]
-        t_features = timestep_embedding(timesteps, width, cfg.flip_sin_to_cos, cfg.freq_shift)
-        extra = None  # [B or 1, F, 4 * width]: per-frame terms of the timestep MLP
-        proj = functools.partial(dense, 4 * width, ("embed", "mlp"), zero_init=True, **kw)
-        if cfg.frame_time_embedding:
-            f_features = timestep_embedding(jnp.arange(sample.shape[1]), width, cfg.flip_sin_to_cos, cfg.freq_shift)
-            extra = proj(name="frame_time_proj")(f_features.astype(dtype))[None]
-        if cfg.text_time_embedding:
-            text = proj(name="text_time_proj")(encoder_hidden_states.astype(dtype).mean(axis=1))[:, None]
-            extra = text if extra is None else extra + text
-        temb = TimestepEmbedding(4 * width, name="time_embedding", **kw)(t_features.astype(dtype), extra)
+        t_features = timestep_embedding(timesteps, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        temb = TimestepEmbedding(4 * cfg.block_out_channels[0], name="time_embedding", **kw)(t_features.astype(dtype))
         context = nn.with_logical_constraint(encoder_hidden_states.astype(dtype), ("batch", "length", "embed"))
 
         h = constrain_video(conv(cfg.block_out_channels[0], (3, 3), name="conv_in", **kw)(sample.astype(dtype)))

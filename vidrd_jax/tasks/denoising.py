@@ -1,8 +1,9 @@
 """VidRD's UNet training task (paper §3.1 eq. 3, §4.1, §5.1).
 
 Each clip is encoded frame by frame with the frozen VAE (a posterior sample, times ``scaling_factor``), the caption
-with the frozen CLIP text encoder; a timestep ``t ~ U{0, T-1}`` and noise ``y ~ N(0, I)`` give ``z_t`` (eq. 2) and the
-UNet is regressed onto the target of eq. 3 (the noise for ``epsilon`` prediction, the velocity for ``v_prediction``)::
+with the frozen CLIP text encoder; a timestep ``t ~ U{0, T-1}`` (or logit-normal: ``config.timestep_logit_normal``)
+and noise ``y ~ N(0, I)`` give ``z_t`` (eq. 2) and the UNet is regressed onto the target of eq. 3 (the noise for
+``epsilon`` prediction, the velocity for ``v_prediction``)::
 
     L = E ||y - f_theta(z_t; c, t)||^2
 
@@ -26,7 +27,8 @@ import ml_collections
 import numpy as np
 
 from vidrd_jax import checkpoints, train_state
-from vidrd_jax.diffusion.ddim import add_noise, ddim_sample, min_snr_weight, training_target
+from vidrd_jax.diffusion.ddim import (add_noise, ddim_sample, min_snr_weight, sample_training_timesteps,
+                                     training_target)
 from vidrd_jax.diffusion.guidance import ClassifierFreeGuidance
 from vidrd_jax.diffusion.schedule import DDIMConfig, NoiseSchedule
 from vidrd_jax.models import factory
@@ -87,6 +89,8 @@ class DenoisingTask(Task):
         # ((regex, factor), ...): trainable parameters whose path matches a regex (first match) train at
         # factor x config.optimizer.learning_rate (big_vision's lr_mults), e.g. (("^text_encoder/", 0.1),)
         c.lr_mults = ()
+        # (m, s): logit-normal training timesteps (diffusion.ddim.sample_training_timesteps); () = uniform (eq. 3)
+        c.timestep_logit_normal = ()
         c.snr_gamma = 0.0  # > 0: Min-SNR-γ weighting of eq. 3 (diffusion.ddim.min_snr_weight); 0 = plain eq. 3
         c.sample = ml_collections.ConfigDict(dict(
             every_steps=0,  # 0 = off
@@ -111,6 +115,9 @@ class DenoisingTask(Task):
                 re.compile(pattern)
             except (re.error, TypeError) as e:
                 raise ValueError(f"config.{field}: invalid regex {pattern!r} ({e})") from e
+        ln = config.timestep_logit_normal
+        if ln and (len(ln) != 2 or not all(isinstance(x, (int, float)) for x in ln) or not ln[1] > 0):
+            raise ValueError(f"config.timestep_logit_normal must be () (uniform) or (mean, std > 0), got {ln!r}")
         if not config.snr_gamma >= 0:
             raise ValueError(f"config.snr_gamma must be >= 0 (0 = unweighted eq. 3), got {config.snr_gamma!r}")
         unknown = set(m.scheduler.keys()) - {f.name for f in dataclasses.fields(NoiseSchedule)}
@@ -231,7 +238,8 @@ class DenoisingTask(Task):
         Min-SNR-γ when ``config.snr_gamma`` > 0)."""
         z0 = inputs["latents"]
         t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
-        t = jax.random.randint(t_rng, (z0.shape[0],), 0, self.schedule.num_train_timesteps)
+        t = sample_training_timesteps(t_rng, z0.shape[0], self.schedule.num_train_timesteps,
+                                      tuple(self.config.timestep_logit_normal) or None)
         noise = jax.random.normal(noise_rng, z0.shape, jnp.float32)
         z_t = add_noise(self.schedule, z0, noise, t)
         text = self.encode_text(params, inputs["input_ids"])
