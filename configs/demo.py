@@ -104,7 +104,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     ae.sample.update(every_steps=ae.total_steps, split="heldout", batch_size=16, num_previews=4)
     c.autoencoder = _stage("train", ae, export=dict(ema=True, dtype="float32"))
 
-    unet = _trainer("denoising", 60 if test else 480, 8 if test else 16, 2e-3)
+    unet = _trainer("denoising", 60 if test else 540, 8 if test else 16, 2e-3)
     unet.data = _data(FRAMES, 0.1)
     unet.model.update(init_from="{export:autoencoder}", preset="tiny", allow_missing="^(unet|text_encoder)/")
     unet.model.unet.update(UNET)
