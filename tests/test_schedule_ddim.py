@@ -260,6 +260,7 @@ def test_min_snr_weights():
         abar = np.asarray(schedule.alphas_cumprod, np.float64)[t]
         snr = abar / (1 - abar)
         want = np.minimum(snr, 5.0) / (snr + denominator)
-        np.testing.assert_allclose(np.asarray(min_snr_weight(schedule, t, 5.0)), want, rtol=1e-4)
+        got = np.asarray(min_snr_weight(schedule, t, 5.0))
+        np.testing.assert_allclose(got, want, rtol=1e-4)
         # low-noise steps (SNR > γ) are down-weighted, high-noise ones keep their weight (epsilon) or less than 1
-        assert want[0] < want[-1] if prediction_type == "epsilon" else want.max() <= 1.0
+        assert got[0] < got[-1] if prediction_type == "epsilon" else got.max() <= 1.0 + 1e-6

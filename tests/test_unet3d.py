@@ -1,6 +1,5 @@
 """UNet3D (paper §4.1): 2D parity with diffusers, identity of fresh temporal layers, frame mixing, the temporal
 layers against a PyTorch re-statement of the official release, the SD-2.1 parameter tree, bf16 and config checks."""
-import dataclasses
 import functools
 import json
 import os

@@ -202,17 +202,17 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
     colour, direction, sign, axis, junction, inside, jumps, steps = [], [], [], [], [], [], [], []
     starts = list(range(clip_frames, videos.shape[1], clip_frames))
     for video, (c, _, d) in zip(videos, combos):
-        first = video[:clip_frames]
-        masks = object_masks(first, threshold)
-        colour.append(dominant_colour(first, masks) == c)
-        four_way, signed, on_axis = direction_scores(centroid_displacement(masks), d)
+        masks = object_masks(video, threshold)
+        first, first_masks = video[:clip_frames], masks[:clip_frames]
+        colour.append(dominant_colour(first, first_masks) == c)
+        four_way, signed, on_axis = direction_scores(centroid_displacement(first_masks), d)
         direction.append(four_way)
         sign.append(signed)
         axis.append(on_axis)
         j, i = frame_changes(video, starts)
         junction.append(j)
         inside.append(i)
-        jump, step = centroid_steps(object_masks(video, threshold), starts)
+        jump, step = centroid_steps(masks, starts)
         jumps.append(jump)
         steps.append(step)
     junction_change, inside_change = float(np.mean(junction)), float(np.mean(inside))
