@@ -89,6 +89,27 @@ def setup(tmp_path_factory):
                 host_state=_host(state), step_sharded=step_sharded, step_single=step_single)
 
 
+def test_parameters_missing_from_the_checkpoint_get_the_full_inits_values(tmp_path):
+    """Over a checkpoint, only the missing parameters are initialised (XLA drops the rest of the init program); they
+    get exactly the values of the whole model's init from the run's seed, the others the checkpoint's."""
+    config = tiny_config()
+    config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+    init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]  # the trainer's init key (the other: the state's)
+    options = {"xla_backend_optimization_level": 0}  # as the trainer's init (compiles faster)
+    fresh = ts.flatten(_host(jax.jit(DenoisingTask(config).init_params, compiler_options=options)(init_rng)))
+    params, model_config = checkpoints.load_inference_checkpoint(write_random_checkpoint(config, str(tmp_path / "all")))
+    kept = {p: v for p, v in ts.flatten(params).items() if "/temp_" not in p}  # an SD-2.1 conversion: no temporal
+    config.model.init_from = checkpoints.save_inference_checkpoint(str(tmp_path / "image"), ts.unflatten(kept),
+                                                                   model_config)
+    config.model.allow_missing = "/temp_"
+    loaded = ts.flatten(_host(train.build_trainer(config, devices=jax.devices()[:1]).init_state().params()))
+    missing = sorted(loaded.keys() - kept.keys())
+    assert missing and all(re.search("/temp_", p) for p in missing)
+    assert all(np.array_equal(loaded[p], fresh[p]) for p in missing)
+    assert all(np.array_equal(loaded[p], kept[p]) for p in kept)
+    assert any(not np.array_equal(kept[p], fresh[p]) for p in kept)  # the checkpoint is not the fresh init
+
+
 def test_state_is_created_sharded_over_the_mesh(setup):
     state, sharded = setup["state"], setup["sharded"]
     specs = {jax.tree_util.keystr(p): x.sharding.spec for p, x in jax.tree.leaves_with_path(state.trainable)}
