@@ -20,7 +20,7 @@ Stages (``vidrd_jax.stages``; each resumes from its checkpoints, a finished one 
 ``WORKDIR/summary.json`` says where everything is. Argument ``test`` shrinks the steps for the end-to-end test
 (``tests/test_demo.py``). Any field can be overridden, e.g. ``--config.unet.config.total_steps=4000``.
 
-Expected on 2 CPU cores: 15-16 minutes (BENCHMARKS.md has the per-stage times and the measured table). The
+Expected on 2 CPU cores: 16-18 minutes, depending on the hour (BENCHMARKS.md: per-stage times, measured table). The
 autoencoder reaches ~26 dB PSNR on held-out clips. On held-out prompts the final model draws one object of the
 prompt's colour (0.91) moving the prompt's way (1.00, left and right included). DSG + PNS with the reverse mapping
 give the smallest frame change at clip junctions of the four sampler variants, but in every variant each clip
@@ -132,7 +132,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         baseline.total_steps = 20
     c.baseline = _stage("train", baseline, export=dict(ema=True, dtype="float32"))
 
-    # At test size 40 steps at a higher rate lower the flicker as much as 60 at 3e-3 (30 do not: sample flicker +0.0002).
+    # Test size: 40 steps at 5e-3 lower the flicker as much as 60 at 3e-3 (30 do not: sample flicker +0.0002).
     tvae = _trainer("vae_temporal", 40 if test else 70, 4, 5e-3 if test else 3e-3)
     tvae.data = _data(8, 0.0)
     tvae.model.update(init_from="{export:unet}")

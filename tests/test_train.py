@@ -98,7 +98,7 @@ def test_parameters_missing_from_the_checkpoint_get_the_full_inits_values(tmp_pa
     options = {"xla_backend_optimization_level": 0}  # as the trainer's init (compiles faster)
     fresh = ts.flatten(_host(jax.jit(DenoisingTask(config).init_params, compiler_options=options)(init_rng)))
     params, model_config = checkpoints.load_inference_checkpoint(write_random_checkpoint(config, str(tmp_path / "all")))
-    kept = {p: v for p, v in ts.flatten(params).items() if "/temp_" not in p}  # an SD-2.1 conversion: no temporal
+    kept = {p: v for p, v in ts.flatten(params).items() if "/temp_" not in p}  # like SD-2.1: no temporal layers
     config.model.init_from = checkpoints.save_inference_checkpoint(str(tmp_path / "image"), ts.unflatten(kept),
                                                                    model_config)
     config.model.allow_missing = "/temp_"
