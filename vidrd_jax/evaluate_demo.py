@@ -159,10 +159,10 @@ def centroids(masks: np.ndarray) -> list[np.ndarray | None]:
     return [np.argwhere(mask).mean(0) if mask.any() else None for mask in masks]
 
 
-def centroid_displacement(masks: np.ndarray) -> np.ndarray | None:
-    """(dy, dx) in pixels from the first to the last frame with object pixels in ``masks`` ``[F, H, W]``; None
-    if fewer than two frames have any."""
-    present = [c for c in centroids(masks) if c is not None]
+def centroid_displacement(points: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """(dy, dx) in pixels from the first to the last frame with an object (``points``: :func:`centroids` of a clip);
+    None if fewer than two frames have one."""
+    present = [c for c in points if c is not None]
     return present[-1] - present[0] if len(present) >= 2 else None
 
 
@@ -184,12 +184,12 @@ def frame_changes(video: np.ndarray, clip_starts: Sequence[int]) -> tuple[float,
     return float(diffs[junction].mean()), float(diffs[~junction].mean())
 
 
-def centroid_steps(masks: np.ndarray, clip_starts: Sequence[int]) -> tuple[float, float]:
+def centroid_steps(points: Sequence[np.ndarray | None], clip_starts: Sequence[int]) -> tuple[float, float]:
     """Mean distance in pixels the object's centroid moves at clip junctions (t+1 in ``clip_starts``) and between
-    the other consecutive frames of ``masks`` ``[T, H, W]``; pairs with an empty frame are skipped (NaN if none)."""
-    points = centroids(masks)
+    the other consecutive frames (``points``: :func:`centroids` of a video); pairs with an empty frame are skipped
+    (NaN if none)."""
     junction, inside = [], []
-    for t in range(len(masks) - 1):
+    for t in range(len(points) - 1):
         if points[t] is not None and points[t + 1] is not None:
             (junction if t + 1 in clip_starts else inside).append(np.linalg.norm(points[t + 1] - points[t]))
     return (float(np.mean(junction)) if junction else float("nan"),
@@ -203,16 +203,16 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
     starts = list(range(clip_frames, videos.shape[1], clip_frames))
     for video, (c, _, d) in zip(videos, combos):
         masks = object_masks(video, threshold)
-        first, first_masks = video[:clip_frames], masks[:clip_frames]
-        colour.append(dominant_colour(first, first_masks) == c)
-        four_way, signed, on_axis = direction_scores(centroid_displacement(first_masks), d)
+        points = centroids(masks)
+        colour.append(dominant_colour(video[:clip_frames], masks[:clip_frames]) == c)
+        four_way, signed, on_axis = direction_scores(centroid_displacement(points[:clip_frames]), d)
         direction.append(four_way)
         sign.append(signed)
         axis.append(on_axis)
         j, i = frame_changes(video, starts)
         junction.append(j)
         inside.append(i)
-        jump, step = centroid_steps(masks, starts)
+        jump, step = centroid_steps(points, starts)
         jumps.append(jump)
         steps.append(step)
     junction_change, inside_change = float(np.mean(junction)), float(np.mean(inside))

@@ -370,7 +370,7 @@ def _train_loop(trainer: Trainer, state: ts.TrainState, iterator: Iterator, ckpt
                 config_json: dict[str, Any], first_batch: dict[str, jax.Array] | None = None,
                 step_fn: Callable | None = None) -> ts.TrainState:
     """Steps until ``config.total_steps``; ``first_batch`` (already read from ``iterator``) and ``step_fn``
-    (compiled for it) come from a fresh start, otherwise the step compiles on the first batch."""
+    (compiled for it) come from a fresh start, otherwise the step is compiled for the first batch read here."""
     from tqdm import tqdm  # deferred: only the loop needs it
 
     config, task = trainer.config, trainer.task
@@ -386,7 +386,7 @@ def _train_loop(trainer: Trainer, state: ts.TrainState, iterator: Iterator, ckpt
         else:
             batch = trainer.global_batch(task.host_batch(next(iterator)))
         if step_fn is None:
-            step_fn = trainer.make_step({k: v.sharding for k, v in batch.items()})
+            step_fn = trainer.compile_step(batch)
         state, step_metrics = step_fn(state, batch)
         step += 1
         pending.append(step_metrics)
