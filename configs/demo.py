@@ -84,10 +84,23 @@ UNET = dict(block_out_channels=(32, 64), layers_per_block=1, num_attention_heads
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
 
+def _parse_arg(arg: str) -> tuple[bool, int]:
+    """``"[test][,seed=N]"`` -> (test size?, training seed)."""
+    test, seed = False, 0
+    for part in filter(None, arg.split(",")):
+        key, eq, value = part.partition("=")
+        if key == "test" and not eq:
+            test = True
+        elif key == "seed" and eq and value.isdigit():
+            seed = int(value)
+        else:
+            raise ValueError(f"configs/demo.py: unknown argument {part!r} (expected 'test' and/or 'seed=N', "
+                             "e.g. configs/demo.py:test,seed=1)")
+    return test, seed
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    if arg not in ("", "test"):
-        raise ValueError(f"configs/demo.py: unknown argument {arg!r} (expected '' or 'test')")
-    test = arg == "test"
+    test, seed = _parse_arg(arg)
     c = ml_collections.ConfigDict()
     c.stages = ("autoencoder", "unet", "baseline", "temporal_vae", "long_video", "co_denoise", "evaluate")
 
@@ -142,8 +155,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     tvae.ema.decay = 0.9
     tvae.sample.update(every_steps=tvae.total_steps, split="heldout", batch_size=16, num_previews=4)
     c.temporal_vae = _stage("train", tvae, export=dict(ema=True, dtype="float32"))
-    if test:  # one checkpoint per stage, at its end (the full demo also saves half-way, to resume)
-        for stage in (ae, unet, baseline, tvae):
+    for stage in (ae, unet, baseline, tvae):
+        stage.seed = seed  # parameter init, data order, noise and timesteps of every training stage
+        if test:  # one checkpoint per stage, at its end (the full demo also saves half-way, to resume)
             stage.checkpoint.every_steps = stage.total_steps
 
     held = heldout_combos(0.2, 0)

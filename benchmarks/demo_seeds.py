@@ -1,0 +1,86 @@
+"""The demo's marks over training seeds and CPU float paths: mean, spread and the worst case of every mark.
+
+    python benchmarks/demo_seeds.py --size test --seeds 0 1 2 --isa default AVX2 --root /tmp/demo_seeds
+    python benchmarks/demo_seeds.py --size full --seeds 0 1 2 --isa default AVX2 --root /tmp/demo_seeds_full
+
+Each run is README's main command (``configs/demo.py[:test],seed=S``) in a fresh workdir, in a subprocess on one
+CPU device, with ``XLA_FLAGS=--xla_cpu_max_isa=ISA`` unless ISA is ``default`` (another CPU's float path; see
+BENCHMARKS.md). A finished run's workdir is reused (its stages are skipped), so an interrupted sweep continues.
+Prints one row per run and a summary table (mean ± standard deviation, min, max) in markdown; writes
+``ROOT/summary.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("reverse_dsg_pns", "forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns")
+
+
+def run_demo(size: str, seed: int, isa: str, workdir: Path) -> dict[str, float]:
+    """Runs the demo once (or reuses a finished run) and returns its marks as a flat dict."""
+    if not (workdir / "evaluate" / "evaluation.json").is_file():
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        env["JAX_PLATFORMS"] = "cpu"
+        if isa != "default":
+            env["XLA_FLAGS"] = f"--xla_cpu_max_isa={isa}"
+        arg = ",".join(filter(None, ["test" if size == "test" else "", f"seed={seed}"]))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vidrd_jax.train", "--config", f"configs/demo.py:{arg}",
+                        "--workdir", str(workdir)], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+        (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+    evaluation = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
+    summary = json.loads((workdir / "summary.json").read_text())
+    model = evaluation["results"]["model"]
+    row = {"colour": model["reverse_dsg_pns"]["colour_accuracy"],
+           "direction": model["reverse_dsg_pns"]["direction_accuracy"]}
+    for variant in VARIANTS:
+        row[f"junction/{variant}"] = model[variant]["junction_ratio"]
+        if "jump_ratio" in model[variant]:
+            row[f"jump/{variant}"] = model[variant]["jump_ratio"]
+    # The ablation's margin: how much smoother the main variant's junctions are than the next best variant's.
+    row["ablation_margin"] = min(model[v]["junction_ratio"] for v in VARIANTS[1:]) - row["junction/reverse_dsg_pns"]
+    tvae = summary["stages"]["temporal_vae"]["evaluation"]
+    for latents in ("mean", "sample"):
+        row[f"flicker_delta/{latents}"] = tvae[f"{latents}/delta/flicker"]
+        row[f"psnr_delta/{latents}"] = tvae[f"{latents}/delta/psnr"]
+    wall = workdir / "wall_s.txt"
+    if wall.is_file():
+        row["wall_s"] = float(wall.read_text())
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("test", "full"), default="test")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--isa", nargs="+", default=["default", "AVX2"], help="default, SSE4_2, AVX, AVX2, AVX512")
+    parser.add_argument("--root", type=Path, required=True, help="one workdir per run goes under it")
+    args = parser.parse_args()
+    rows = {}
+    for seed in args.seeds:
+        for isa in args.isa:
+            name = f"{args.size}_seed{seed}_{isa}"
+            rows[name] = run_demo(args.size, seed, isa, args.root / name)
+            print(name, json.dumps({k: round(v, 4) for k, v in rows[name].items()}), flush=True)
+    keys = sorted({k for row in rows.values() for k in row})
+    print(f"\n{len(rows)} runs ({args.size} size, seeds {args.seeds}, float paths {args.isa})\n")
+    print("| mark | mean ± std | min | max |\n|---|---|---|---|")
+    table = {}
+    for key in keys:
+        values = np.array([row[key] for row in rows.values() if key in row])
+        table[key] = dict(mean=values.mean(), std=values.std(), min=values.min(), max=values.max())
+        print(f"| {key} | {values.mean():.4f} ± {values.std():.4f} | {values.min():.4f} | {values.max():.4f} |")
+    (args.root / "summary.json").write_text(json.dumps(dict(runs=rows, table=table), indent=1))
+
+
+if __name__ == "__main__":
+    main()
