@@ -13,11 +13,15 @@ import torch
 from flax.linen import meta
 
 import torch_reference
+from numerics import assert_close
 from vidrd_jax.convert import naming
 from vidrd_jax.models.temporal_layers import TemporalConv, frame_position_embedding
 from vidrd_jax.models.unet3d import BasicTransformerBlock, UNet3D, UNet3DConfig
 
 B, F, S, L = 2, 3, 8, 5  # batch, frames, latent size, text length
+# Roundings along a chain (numerics.py), ~40 per layer (blocked accumulations of its sums, norm, activation):
+BLOCK_OPS = 6 * 40  # a transformer block: spatial, temporal and cross attention, feed-forward, their norms
+UNET_OPS = 20 * 40  # the tiny UNet: ~20 conv / attention / norm layers deep
 KEY_TABLE = os.path.join(os.path.dirname(__file__), "reference", "vidrd_unet3d_keys.tsv")
 
 DIFFUSERS_TINY = dict(
@@ -138,14 +142,14 @@ def test_2d_path_matches_diffusers(diffusers_unet, params2d, apply2d, inputs):
                              torch.from_numpy(np.repeat(t, F)).long(),
                              torch.from_numpy(np.repeat(ctx, F, axis=0))).sample.numpy()
     ref = ref.transpose(0, 2, 3, 1).reshape(B, F, S, S, 4)
-    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert_close(ours, ref, ops=UNET_OPS)
 
 
 # --- fresh temporal layers are the identity ----------------------------------------------------------------------
 def test_fresh_temporal_frame_scope_equals_2d_per_frame(fresh3d_params, params2d, apply2d, apply3d_frame, inputs):
     x, t, ctx = inputs  # different frames
     ours = _run(apply3d_frame, fresh3d_params, x, t, ctx)
-    np.testing.assert_allclose(ours, _run(apply2d, params2d, x, t, ctx), atol=1e-5, rtol=0)
+    assert_close(ours, _run(apply2d, params2d, x, t, ctx), ops=UNET_OPS)
 
 
 def test_fresh_temporal_clip_scope_equals_2d_on_identical_frames(fresh3d_params, params2d, apply2d, inputs):
@@ -153,8 +157,7 @@ def test_fresh_temporal_clip_scope_equals_2d_on_identical_frames(fresh3d_params,
     cfg = UNet3DConfig.tiny(groupnorm_scope="clip", temporal_position_embedding="attention")
     apply_clip = _jit(UNet3D(cfg).apply)
     same = np.repeat(x[:, :1], F, axis=1)
-    np.testing.assert_allclose(_run(apply_clip, fresh3d_params, same, t, ctx),
-                               _run(apply2d, params2d, same, t, ctx), atol=1e-5, rtol=0)
+    assert_close(_run(apply_clip, fresh3d_params, same, t, ctx), _run(apply2d, params2d, same, t, ctx), ops=UNET_OPS)
     # Clip-pooled GroupNorm statistics couple the frames even before any temporal training.
     changed = same.copy()
     changed[:, 0] += 1.0
@@ -200,7 +203,7 @@ def test_temporal_conv_matches_torch_reference(num_layers, frames):
     with torch.no_grad():
         ref = torch_reference.temporal_conv(_torch_sd(params), "", torch.from_numpy(x.transpose(0, 4, 1, 2, 3)),
                                             num_layers, num_groups=4).numpy().transpose(0, 2, 3, 4, 1)
-    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+    assert_close(ours, ref, ops=num_layers * 40)
     if frames == 1:
         np.testing.assert_array_equal(ours, x)
     else:
@@ -233,15 +236,16 @@ def test_transformer_block_matches_torch_reference(frames, position_embedding):
         ref = torch_reference.basic_transformer_block(
             _torch_sd(params), "", torch.from_numpy(h.reshape(-1, tokens, channels)), torch.from_numpy(ctx),
             frames, heads, add_temp_embed=position_embedding == "residual").numpy()
-    np.testing.assert_allclose(ours, ref.reshape(h.shape), atol=2e-5, rtol=0)
+    assert_close(ours, ref.reshape(h.shape), ops=BLOCK_OPS)
 
 
 def test_official_position_embedding_quirks():
     """Residual PE: a fresh block is not the identity, and a single frame still gets pe[0] = (0, 1, 0, 1, ...)."""
     pe = np.asarray(frame_position_embedding(3, 8))
     np.testing.assert_allclose(pe[0], [0, 1] * 4)
-    np.testing.assert_allclose(pe[2, :2], [np.sin(2.0), np.cos(2.0)], rtol=1e-6)
-    np.testing.assert_allclose(pe, torch_reference.frame_position_embedding(8, 3).numpy(), atol=1e-6)
+    # exp for the frequencies and position x frequency (~4 roundings of arguments up to 2), then sin / cos
+    assert_close(pe[2, :2], [np.sin(2.0), np.cos(2.0)], ops=8)
+    assert_close(pe, torch_reference.frame_position_embedding(8, 3).numpy(), ops=8)
     rs = np.random.RandomState(4)
     h, ctx = rs.randn(1, 1, 4, 8).astype(np.float32), rs.randn(1, 2, 8).astype(np.float32)
     blocks = {mode: BasicTransformerBlock(2, temporal_position_embedding=mode) for mode in ("residual", "attention")}
@@ -251,8 +255,7 @@ def test_official_position_embedding_quirks():
     assert np.abs(residual - zero_pe).max() > 1e-3
     spatial_only = BasicTransformerBlock(2, use_temporal=False)
     spatial_params = {k: v for k, v in variables["params"].items() if not k.startswith("temp_")}
-    np.testing.assert_allclose(zero_pe, np.asarray(_jit(spatial_only.apply)({"params": spatial_params}, h, ctx)),
-                               atol=1e-6)
+    assert_close(zero_pe, _jit(spatial_only.apply)({"params": spatial_params}, h, ctx), ops=BLOCK_OPS)
 
 
 def test_dot_product_attention_impl_matches_plain():
@@ -261,8 +264,7 @@ def test_dot_product_attention_impl_matches_plain():
     plain = BasicTransformerBlock(2)
     params = {"params": _random_params(plain, h, ctx, seed=6)}
     fused = BasicTransformerBlock(2, attention_impl="dot_product")
-    np.testing.assert_allclose(np.asarray(_jit(fused.apply)(params, h, ctx)),
-                               np.asarray(_jit(plain.apply)(params, h, ctx)), atol=1e-5, rtol=0)
+    assert_close(_jit(fused.apply)(params, h, ctx), _jit(plain.apply)(params, h, ctx), ops=BLOCK_OPS)
 
 
 # --- the SD-2.1 parameter tree -----------------------------------------------------------------------------------
@@ -322,10 +324,28 @@ def test_config_from_diffusers_sd21_and_round_trip():
     (dict(dropout=1.5), "dropout"),
     (dict(temporal_conv_layers=0), "temporal_conv_layers"),
     (dict(use_temporal="yes"), "use_temporal"),
+    (dict(temporal_norm_num_groups=12), "temporal_norm_num_groups"),  # 12 does not divide 32 channels
+    (dict(temporal_norm_num_groups=0), "temporal_norm_num_groups"),
+    (dict(temporal_norm_eps=0.0), "temporal_norm_eps"),
 ])
 def test_config_validation_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=f"UNet3DConfig.{field}"):
         UNet3DConfig.tiny(**overrides)
+
+
+def test_temporal_norm_is_the_releases_for_release_layouts_and_old_configs_keep_theirs():
+    """Temp-Conv GroupNorm: 32 groups / eps 1e-5 (the release's, whatever norm_num_groups) for ``sd21`` and
+    ``from_diffusers``; norm_num_groups / norm_eps where unset (tiny models, and stored configs written before the
+    fields existed, which were built that way)."""
+    assert UNet3DConfig.sd21().temporal_norm == (32, 1e-5)
+    assert UNet3DConfig.from_diffusers(DIFFUSERS_TINY).temporal_norm == (32, 1e-5)  # its norm_num_groups is 8
+    assert UNet3DConfig.tiny().temporal_norm == (8, 1e-5)
+    old = UNet3DConfig.tiny(norm_eps=1e-6).to_dict()
+    del old["temporal_norm_num_groups"], old["temporal_norm_eps"]
+    assert UNet3DConfig.from_dict(json.loads(json.dumps(old))).temporal_norm == (8, 1e-6)
+    with pytest.raises(ValueError, match="UNet3DConfig.temporal_norm_num_groups"):
+        UNet3DConfig.from_diffusers(dict(DIFFUSERS_TINY, block_out_channels=[16, 32]))
+    assert UNet3DConfig.from_diffusers(dict(DIFFUSERS_TINY, block_out_channels=[16, 32]), use_temporal=False)
 
 
 def test_config_rejects_unsupported_diffusers_fields():

@@ -198,6 +198,18 @@ def test_config_from_diffusers_and_round_trip():
         VAEConfig.from_diffusers(dict(SD_VAE_CONFIG, use_quant_conv=False))
 
 
+def test_temporal_norm_groups_are_the_releases_for_release_layouts_and_old_configs_keep_theirs():
+    """Temp-Conv GroupNorm groups: 32 (the release's, whatever norm_num_groups) for ``sd21`` and
+    ``from_diffusers``; norm_num_groups where unset (tiny models, and stored configs written before the field)."""
+    assert VAEConfig.sd21().temporal_groups == 32
+    assert VAEConfig.from_diffusers(DIFFUSERS_TINY).temporal_groups == 32  # its norm_num_groups is 8
+    assert VAEConfig.tiny().temporal_groups == 8
+    old = VAEConfig.tiny().to_dict()
+    del old["temporal_norm_num_groups"]
+    assert VAEConfig.from_dict(json.loads(json.dumps(old))).temporal_groups == 8
+    assert VAEConfig.from_diffusers(dict(DIFFUSERS_TINY, add_temp_conv=False, block_out_channels=[16, 32]))
+
+
 @pytest.mark.parametrize("overrides,field", [
     (dict(block_out_channels=(32, 36)), "block_out_channels"),
     (dict(groupnorm_scope="video"), "groupnorm_scope"),
@@ -205,6 +217,8 @@ def test_config_from_diffusers_and_round_trip():
     (dict(scaling_factor=0.0), "scaling_factor"),
     (dict(temporal_conv_layers=0), "temporal_conv_layers"),
     (dict(remat_policy="always"), "remat_policy"),
+    (dict(temporal_norm_num_groups=24), "temporal_norm_num_groups"),  # 24 does not divide 32 channels
+    (dict(temporal_norm_num_groups=True), "temporal_norm_num_groups"),
 ])
 def test_config_validation_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=f"VAEConfig.{field}"):

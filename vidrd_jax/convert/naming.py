@@ -34,7 +34,8 @@ _INDEXED = re.compile(r"^(?P<name>.+)_(?P<idx>\d+)$")
 
 
 class ConversionError(ValueError):
-    """Raised with the complete list of missing, unexpected and wrongly shaped tensors."""
+    """Weights that cannot be converted: the complete list of missing, unexpected and wrongly shaped tensors, or a
+    weights file that cannot be read (truncated, corrupt), named."""
 
 
 def flax_path_to_torch_key(path: tuple[str, ...]) -> str:

@@ -1,7 +1,11 @@
 """Diffusers-format Stable Diffusion folders (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) -> our params.
 
 Temporal layers (any ``temp_*`` module) are absent from SD-2.1 and get their fresh initialisation, whose last
-layers are zero, so the converted video model starts as SD-2.1 applied frame by frame (paper §4.1, §4.4).
+layers are zero. With the UNet defaults of an SD conversion (:data:`SD_VIDEO_UNET_DEFAULTS`: per-frame GroupNorm,
+frame embedding only inside Temp-Attn) the converted video model is exactly SD-2.1 applied frame by frame (paper
+§4.1, §4.4). ``groupnorm_scope="clip"`` (the release's) pools the ResNet / Temp-Conv / ``conv_norm_out`` statistics
+over the clip, and ``temporal_position_embedding="residual"`` (the release's) leaves the frame embedding in the
+residual stream: either makes a fresh model differ from per-frame SD.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from vidrd_jax.models.vae import VAEConfig
 # diffusers-0.14 AttentionBlock spelling (used by the VidRD release's vae_finetuned) -> modern names.
 _OLD_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 TEXT_ENCODER_BUFFERS = ("text_model.embeddings.position_ids",)
+# UNet3DConfig fields an SD conversion sets unless overridden: a fresh video UNet is then SD per frame.
+SD_VIDEO_UNET_DEFAULTS = {"groupnorm_scope": "frame", "temporal_position_embedding": "attention"}
 
 
 def is_temporal_key(key: str) -> bool:
@@ -57,7 +63,10 @@ def convert_part(kind: factory.Kind, config: Any, state_dict: Mapping[str, Any],
 
 
 def convert_unet(folder: str, *, variant: str | None = None, **overrides) -> tuple[dict, UNet3DConfig]:
-    config = UNet3DConfig.from_diffusers(read_json(os.path.join(folder, "config.json")), **overrides)
+    """An SD UNet folder -> video UNet params; ``overrides`` (UNet3DConfig fields) go over
+    :data:`SD_VIDEO_UNET_DEFAULTS`."""
+    config = UNet3DConfig.from_diffusers(read_json(os.path.join(folder, "config.json")),
+                                         **{**SD_VIDEO_UNET_DEFAULTS, **overrides})
     params = convert_part("unet", config, load_folder_state_dict(folder, variant), what=f"UNet {folder}",
                           allow_missing=is_temporal_key if config.use_temporal else None)
     return params, config

@@ -3,7 +3,9 @@
 The 2D parts become standard folders (``unet/`` for ``UNet2DConditionModel``, ``vae/`` for ``AutoencoderKL``,
 ``text_encoder/`` for ``CLIPTextModel``) that load with ``from_pretrained``. The temporal layers, which those
 classes do not have, are written beside them with VidRD's key names (``unet/temporal_layers.safetensors``,
-``vae/temporal_decoder.safetensors``), so nothing is lost and the VidRD code can strict-load 2D + temporal.
+``vae/temporal_decoder.safetensors``), so nothing is lost and the VidRD code can strict-load 2D + temporal. The
+release's modules compute what our model computes only with the release's temporal settings
+(:func:`release_differences`); the export warns about any other.
 """
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ import os
 import shutil
 from typing import Any, Mapping
 
+from absl import logging
+
 from vidrd_jax.convert import naming
 from vidrd_jax.convert.sd_folder import is_temporal_key
-from vidrd_jax.convert.torch_io import write_folder
+from vidrd_jax.convert.torch_io import save_state_dict, write_folder
+from vidrd_jax.models.temporal_layers import RELEASE_TEMPORAL_NORM_EPS, RELEASE_TEMPORAL_NORM_GROUPS
 from vidrd_jax.models.text_encoder import CLIPTextConfig
 from vidrd_jax.models.unet3d import UNet3DConfig
 from vidrd_jax.models.vae import VAEConfig
@@ -66,6 +71,23 @@ def text_encoder_transformers_config(cfg: CLIPTextConfig) -> dict[str, Any]:
     }
 
 
+def release_differences(unet: UNet3DConfig, vae: VAEConfig) -> list[str]:
+    """Temporal settings of ours with which the release's modules, fed the exported weights, compute otherwise."""
+    norm = (RELEASE_TEMPORAL_NORM_GROUPS, RELEASE_TEMPORAL_NORM_EPS)
+    checks = []
+    if unet.use_temporal:
+        checks += [("unet.groupnorm_scope", unet.groupnorm_scope, "clip"),
+                   ("unet.temporal_position_embedding", unet.temporal_position_embedding, "residual"),
+                   ("unet.temporal_conv_layers", unet.temporal_conv_layers, 4),
+                   ("unet Temp-Conv GroupNorm (groups, eps)", unet.temporal_norm, norm)]
+    if vae.use_temporal_decoder:
+        checks += [("vae.groupnorm_scope", vae.groupnorm_scope, "clip"),
+                   ("vae.temporal_padding", vae.temporal_padding, "zeros"),
+                   ("vae.temporal_conv_layers", vae.temporal_conv_layers, 3),
+                   ("vae Temp-Conv GroupNorm (groups, eps)", (vae.temporal_groups, vae.temporal_norm_eps), norm)]
+    return [f"{name}={ours!r} (release: {release!r})" for name, ours, release in checks if ours != release]
+
+
 def _split_temporal(params: Mapping[str, Any]) -> tuple[dict, dict]:
     state = naming.params_to_state_dict(params)
     spatial = {k: v for k, v in state.items() if not is_temporal_key(k)}
@@ -76,20 +98,22 @@ def _split_temporal(params: Mapping[str, Any]) -> tuple[dict, dict]:
 def export_diffusers(params: Mapping[str, Any], model_config: Mapping[str, Any], out: str,
                      checkpoint_dir: str | None = None) -> None:
     """Writes ``out/{unet,vae,text_encoder,scheduler,tokenizer}`` and ``model_index.json``."""
-    from safetensors.numpy import save_file
-
     unet_cfg = UNet3DConfig.from_dict(model_config["unet"])
     vae_cfg = VAEConfig.from_dict(model_config["vae"])
     text_cfg = CLIPTextConfig.from_dict(model_config["text_encoder"])
+    differences = release_differences(unet_cfg, vae_cfg)
+    if differences:
+        logging.warning("%s: the VidRD release's modules will not reproduce this model with the exported temporal "
+                        "weights: %s", out, "; ".join(differences))
 
     spatial, temporal = _split_temporal(params["unet"])
     write_folder(os.path.join(out, "unet"), spatial, unet_diffusers_config(unet_cfg), UNET_WEIGHTS)
     if temporal:
-        save_file(temporal, os.path.join(out, "unet", UNET_TEMPORAL_WEIGHTS))
+        save_state_dict(os.path.join(out, "unet", UNET_TEMPORAL_WEIGHTS), temporal)
     spatial, temporal = _split_temporal(params["vae"])
     write_folder(os.path.join(out, "vae"), spatial, vae_diffusers_config(vae_cfg), UNET_WEIGHTS)
     if temporal:
-        save_file(temporal, os.path.join(out, "vae", VAE_TEMPORAL_WEIGHTS))
+        save_state_dict(os.path.join(out, "vae", VAE_TEMPORAL_WEIGHTS), temporal)
     write_folder(os.path.join(out, "text_encoder"), naming.params_to_state_dict(params["text_encoder"]),
                  text_encoder_transformers_config(text_cfg), TEXT_WEIGHTS)
 

@@ -2,16 +2,22 @@
 
 ``.safetensors`` files are read with safetensors' numpy backend (bf16 via ml_dtypes). Pickled torch files
 (``.bin``, ``.pt``, ``.pth``, ``.ckpt``) are read with ``torch.load(weights_only=True)``, which refuses to build
-arbitrary Python objects; torch is imported only for them.
+arbitrary Python objects; torch is imported only for them. A file that cannot be read (truncated, corrupt) raises
+a :class:`~vidrd_jax.convert.naming.ConversionError` naming it; a pickle that needs more than tensors is refused
+with its own message.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from typing import Any, Mapping
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
+
+from vidrd_jax.convert.naming import ConversionError
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "pytorch_model")
@@ -22,7 +28,10 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".safetensors"):
-        return dict(load_file(path))
+        try:
+            return dict(load_file(path))
+        except SafetensorError as e:
+            raise ConversionError(f"cannot read {path!r}: truncated or corrupt safetensors file ({e})") from e
     if path.endswith(_PICKLE_SUFFIXES):
         return {k: _tensor_to_numpy(v) for k, v in _torch_load(path).items()}
     raise ValueError(f"unsupported weights file {path!r}: expected .safetensors or one of {_PICKLE_SUFFIXES}")
@@ -44,10 +53,13 @@ def _torch_load(path: str) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(
-            f"refusing to load {path!r}: it is not a plain tensor checkpoint loadable with weights_only=True "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Re-save its state_dict with "
-            "safetensors from a trusted environment.") from e
+        detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            raise ValueError(
+                f"refusing to load {path!r}: it is not a plain tensor checkpoint loadable with weights_only=True "
+                f"({detail}). Re-save its state_dict with safetensors from a trusted environment.") from e
+        # Anything else (a cut-off zip or pickle stream, garbage bytes) is a damaged file, not an unsafe one.
+        raise ConversionError(f"cannot read {path!r}: truncated or corrupt torch checkpoint ({detail})") from e
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path!r} holds a {type(obj).__name__}, expected a dict of tensors")
     return dict(obj)
@@ -97,10 +109,16 @@ def read_json(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def save_state_dict(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
+    """Writes a safetensors file. safetensors writes each array's raw buffer, so a transposed (non-contiguous)
+    view would be stored scrambled: every tensor is made C-contiguous first."""
+    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
+
+
 def write_folder(folder: str, state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any],
                  weights_name: str, config_name: str = "config.json") -> None:
     """Writes ``weights_name`` (safetensors) and ``config_name`` into ``folder``."""
     os.makedirs(folder, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, os.path.join(folder, weights_name))
+    save_state_dict(os.path.join(folder, weights_name), state_dict)
     with open(os.path.join(folder, config_name), "w") as f:
         json.dump(dict(config), f, indent=2, sort_keys=True)

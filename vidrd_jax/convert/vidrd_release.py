@@ -3,7 +3,9 @@
 Inputs (see ``shared/reference/README.md``): ``ModelT2V.pth`` (a Lightning checkpoint whose ``state_dict`` holds
 ``unet.*`` and optionally ``text_encoder.*``), its ``vae_finetuned/`` diffusers folder (old or new attention
 names; ``temp_*`` keys possibly absent), and an SD-2.1 folder for whatever the release does not carry (text
-encoder, tokenizer, scheduler). The UNet must match the release exactly: every temporal key is required.
+encoder, tokenizer, scheduler). The UNet must match the release exactly: every temporal key is required. The model
+config is the release's: clip-scope GroupNorm (unless ``groupnorm_scope`` says otherwise), the frame embedding in the
+residual stream, and 32-group / eps-1e-5 Temp-Conv GroupNorms in the UNet and the VAE decoder.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from absl import logging
 from vidrd_jax.convert import sd_folder
 from vidrd_jax.convert.torch_io import load_torch_checkpoint, read_json
 from vidrd_jax.models.text_encoder import CLIPTextConfig
+from vidrd_jax.models.temporal_layers import RELEASE_TEMPORAL_NORM_EPS, RELEASE_TEMPORAL_NORM_GROUPS
 from vidrd_jax.models.unet3d import UNet3DConfig
 
 PREFIXES = ("unet", "text_encoder")
@@ -47,7 +50,10 @@ def convert_vidrd_release(checkpoint: str, vae_folder: str, sd21_folder: str | N
 
     unet_json = os.path.join(sd21_folder, "unet", "config.json") if sd21_folder else None
     base = UNet3DConfig.from_diffusers(read_json(unet_json)) if unet_json else UNet3DConfig.sd21()
-    unet_cfg = UNet3DConfig.from_dict({**base.to_dict(), "use_temporal": True, "groupnorm_scope": groupnorm_scope})
+    unet_cfg = UNet3DConfig.from_dict({
+        **base.to_dict(), "use_temporal": True, "groupnorm_scope": groupnorm_scope,
+        "temporal_position_embedding": "residual", "temporal_norm_num_groups": RELEASE_TEMPORAL_NORM_GROUPS,
+        "temporal_norm_eps": RELEASE_TEMPORAL_NORM_EPS})
     unet = sd_folder.convert_part("unet", unet_cfg, parts["unet"], what=f"VidRD UNet ({checkpoint})")
 
     if parts["text_encoder"]:
@@ -61,7 +67,9 @@ def convert_vidrd_release(checkpoint: str, vae_folder: str, sd21_folder: str | N
         raise ValueError(f"{checkpoint!r} has no 'text_encoder.*' tensors: pass the SD-2.1 folder (--sd21) "
                          "to take the text encoder from it")
 
-    vae, vae_cfg = sd_folder.convert_vae(vae_folder, use_temporal_decoder=True)
+    vae, vae_cfg = sd_folder.convert_vae(vae_folder, use_temporal_decoder=True,
+                                         temporal_norm_num_groups=RELEASE_TEMPORAL_NORM_GROUPS,
+                                         temporal_norm_eps=RELEASE_TEMPORAL_NORM_EPS)
     tokenizer = os.path.join(sd21_folder, "tokenizer") if sd21_folder else None
     model_config = {
         "unet": unet_cfg.to_dict(), "vae": vae_cfg.to_dict(), "text_encoder": text_cfg.to_dict(),

@@ -19,6 +19,10 @@ Array = jax.Array
 
 POSITION_EMBEDDINGS = ("residual", "attention", "none")
 TEMPORAL_PADDINGS = ("zeros", "replicate")
+# The release builds every Temp-Conv GroupNorm (UNet and VAE decoder) as GroupNorm(32, C, eps=1e-5), whatever the
+# model's own ``norm_num_groups`` / ``norm_eps``.
+RELEASE_TEMPORAL_NORM_GROUPS = 32
+RELEASE_TEMPORAL_NORM_EPS = 1e-5
 
 
 class TemporalConv(nn.Module):
@@ -33,8 +37,8 @@ class TemporalConv(nn.Module):
     created at init.
     """
     num_layers: int = 4
-    num_groups: int = 32
-    epsilon: float = 1e-5
+    num_groups: int = RELEASE_TEMPORAL_NORM_GROUPS
+    epsilon: float = RELEASE_TEMPORAL_NORM_EPS
     dropout: float = 0.1
     groupnorm_scope: str = "clip"
     padding: str = "zeros"

@@ -18,7 +18,8 @@ from vidrd_jax.models.layers import (
     ATTENTION_IMPLS, DTYPES, GROUPNORM_SCOPES, REMAT_POLICIES, Attention, Downsample, FeedForward, GroupNorm,
     ModelConfigMixin, ResnetBlock, TimestepEmbedding, Upsample, constrain_video, conv, dense, group_norm, layer_norm,
     remat_block, timestep_embedding)
-from vidrd_jax.models.temporal_layers import POSITION_EMBEDDINGS, TemporalConv, temporal_attention
+from vidrd_jax.models.temporal_layers import (
+    POSITION_EMBEDDINGS, RELEASE_TEMPORAL_NORM_EPS, RELEASE_TEMPORAL_NORM_GROUPS, TemporalConv, temporal_attention)
 
 Array = jax.Array
 
@@ -26,6 +27,8 @@ DOWN_BLOCK_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
 TRANSFORMER_NORM_EPS = 1e-6  # Transformer GroupNorm (diffusers hard-codes it)
 LAYER_NORM_EPS = 1e-5  # norm1/2/3 and temp_norm
+RELEASE_TEMPORAL_NORM = dict(temporal_norm_num_groups=RELEASE_TEMPORAL_NORM_GROUPS,
+                             temporal_norm_eps=RELEASE_TEMPORAL_NORM_EPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +44,18 @@ class UNet3DConfig(ModelConfigMixin):
       num_attention_heads: heads per down level (up levels use them reversed; mid uses the last). Head size is
         ``channels // heads`` (64 for SD-2.1).
       cross_attention_dim: width of the text embeddings.
-      norm_num_groups / norm_eps: GroupNorm of ResNets, Temp-Conv and ``conv_norm_out``.
+      norm_num_groups / norm_eps: GroupNorm of ResNets and ``conv_norm_out``.
       flip_sin_to_cos / freq_shift: sinusoidal timestep features (SD: True / 0).
-      use_temporal: add Temp-Conv and Temp-Attn (False gives SD's 2D UNet applied per frame).
+      use_temporal: add Temp-Conv and Temp-Attn (False gives SD's 2D UNet, applied per frame when
+        ``groupnorm_scope="frame"``).
       temporal_zero_init: zero-initialise the last layer of every Temp-Conv and Temp-Attn (§4.1: a fresh video
         UNet is the image UNet). False initialises them like every other layer: a live temporal path from the
         first step, for models trained from scratch (no image model to preserve).
       temporal_conv_layers: GroupNorm-SiLU-Dropout-Conv sub-layers per Temp-Conv (official: 4).
+      temporal_norm_num_groups / temporal_norm_eps: the Temp-Conv GroupNorms. The release hard-codes 32 / 1e-5
+        whatever ``norm_num_groups`` is; ``sd21`` and ``from_diffusers`` (release-layout models) set those values.
+        None (the dataclass default, and what a stored config written before these fields existed reads as)
+        follows ``norm_num_groups`` / ``norm_eps``, as those models were built.
       temporal_position_embedding: ``residual`` (official) | ``attention`` | ``none``; see
         :func:`vidrd_jax.models.temporal_layers.temporal_attention`.
       groupnorm_scope: ``clip`` (official release: ResNet, Temp-Conv and conv_norm_out statistics pooled over the
@@ -73,6 +81,8 @@ class UNet3DConfig(ModelConfigMixin):
     use_temporal: bool = True
     temporal_zero_init: bool = True
     temporal_conv_layers: int = 4
+    temporal_norm_num_groups: int | None = None
+    temporal_norm_eps: float | None = None
     temporal_position_embedding: str = "residual"
     groupnorm_scope: str = "clip"
     dropout: float = 0.1
@@ -123,6 +133,17 @@ class UNet3DConfig(ModelConfigMixin):
                 fail("up_block_types", f"unknown block {t!r}; expected one of {UP_BLOCK_TYPES}")
         if not self.norm_eps > 0:
             fail("norm_eps", f"must be > 0, got {self.norm_eps!r}")
+        groups = self.temporal_norm_num_groups
+        if groups is not None and (not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0):
+            fail("temporal_norm_num_groups", f"must be a positive int or None, got {groups!r}")
+        if self.temporal_norm_eps is not None and not self.temporal_norm_eps > 0:
+            fail("temporal_norm_eps", f"must be > 0 or None, got {self.temporal_norm_eps!r}")
+        if self.use_temporal:
+            groups = self.temporal_norm[0]
+            for i, channels in enumerate(self.block_out_channels):
+                if channels % groups:
+                    fail("temporal_norm_num_groups", f"{groups} groups do not divide block_out_channels entry {i} "
+                         f"({channels})")
         if not 0.0 <= self.dropout < 1.0:
             fail("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if self.freq_shift not in (0, 1):
@@ -134,11 +155,17 @@ class UNet3DConfig(ModelConfigMixin):
             if getattr(self, name) not in allowed:
                 fail(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
 
+    @property
+    def temporal_norm(self) -> tuple[int, float]:
+        """``(groups, eps)`` of the Temp-Conv GroupNorms (``norm_num_groups`` / ``norm_eps`` where unset)."""
+        groups, eps = self.temporal_norm_num_groups, self.temporal_norm_eps
+        return (self.norm_num_groups if groups is None else groups), (self.norm_eps if eps is None else eps)
+
     # --- constructors -------------------------------------------------------------------------------------------
     @classmethod
     def sd21(cls, **overrides: Any) -> "UNet3DConfig":
-        """SD-2.1 (base and 768) UNet with VidRD's temporal layers (1.18 B parameters)."""
-        return cls(**overrides)
+        """SD-2.1 (base and 768) UNet with VidRD's temporal layers as released (1.18 B parameters)."""
+        return cls(**{**RELEASE_TEMPORAL_NORM, **overrides})
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "UNet3DConfig":
@@ -157,8 +184,10 @@ class UNet3DConfig(ModelConfigMixin):
 
         SD-2.x store the head *count* in ``attention_head_dim`` (diffusers: ``num_attention_heads or
         attention_head_dim``); that rule is applied here. Both ``use_linear_projection`` settings are accepted (a
-        1x1-conv projection converts to the same Dense). Features this model does not implement raise an error
-        naming the field. ``overrides`` set any :class:`UNet3DConfig` field (e.g. ``use_temporal=False``).
+        1x1-conv projection converts to the same Dense). The temporal layers are the release's (its
+        ``from_pretrained_2d``), so their GroupNorms get 32 groups / eps 1e-5 whatever the 2-D config says.
+        Features this model does not implement raise an error naming the field. ``overrides`` set any
+        :class:`UNet3DConfig` field (e.g. ``use_temporal=False``).
         """
         cfg = dict(config_json)
         unsupported = {
@@ -189,7 +218,7 @@ class UNet3DConfig(ModelConfigMixin):
         channels = tuple(cfg.get("block_out_channels", cls.block_out_channels))
         heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
         heads = tuple(heads) if isinstance(heads, (list, tuple)) else (heads,) * len(channels)
-        kwargs = dict(block_out_channels=channels, num_attention_heads=heads)
+        kwargs = dict(block_out_channels=channels, num_attention_heads=heads, **RELEASE_TEMPORAL_NORM)
         for key in ("in_channels", "out_channels", "layers_per_block", "cross_attention_dim", "norm_num_groups",
                     "norm_eps", "flip_sin_to_cos", "freq_shift"):
             if key in cfg:
@@ -262,8 +291,9 @@ def _resnet_temporal(cfg: UNet3DConfig, j: int, channels: int, h: Array, temb: A
     h = ResnetBlock(channels, cfg.norm_num_groups, cfg.norm_eps, cfg.groupnorm_scope, name=f"resnets_{j}",
                     **cfg.dtype_kwargs())(h, temb)
     if cfg.use_temporal:
-        h = TemporalConv(cfg.temporal_conv_layers, cfg.norm_num_groups, cfg.norm_eps, cfg.dropout,
-                         cfg.groupnorm_scope, zero_init=cfg.temporal_zero_init, name=f"temp_convs_{j}",
+        groups, eps = cfg.temporal_norm
+        h = TemporalConv(cfg.temporal_conv_layers, groups, eps, cfg.dropout, cfg.groupnorm_scope,
+                         zero_init=cfg.temporal_zero_init, name=f"temp_convs_{j}",
                          **cfg.dtype_kwargs())(h, deterministic)
     return h
 

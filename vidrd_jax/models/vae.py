@@ -19,11 +19,14 @@ import jax.numpy as jnp
 from vidrd_jax.models.layers import (
     DTYPES, GROUPNORM_SCOPES, REMAT_POLICIES, Downsample, GroupNorm, ModelConfigMixin, ResnetBlock, Upsample,
     constrain_video, conv, dense, dot_product_attention, remat_block)
-from vidrd_jax.models.temporal_layers import TEMPORAL_PADDINGS, TemporalConv
+from vidrd_jax.models.temporal_layers import (
+    RELEASE_TEMPORAL_NORM_EPS, RELEASE_TEMPORAL_NORM_GROUPS, TEMPORAL_PADDINGS, TemporalConv)
 
 Array = jax.Array
 
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution clamps the log-variance
+RELEASE_TEMPORAL_NORM = dict(temporal_norm_num_groups=RELEASE_TEMPORAL_NORM_GROUPS,
+                             temporal_norm_eps=RELEASE_TEMPORAL_NORM_EPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,10 @@ class VAEConfig(ModelConfigMixin):
       use_temporal_decoder: add Temp-Conv layers to the decoder (§4.4).
       temporal_conv_layers / temporal_norm_eps / dropout: Temp-Conv sub-layers (official: 3), their GroupNorm eps
         (1e-5) and dropout rate (0.1).
+      temporal_norm_num_groups: groups of the Temp-Conv GroupNorms. The release hard-codes 32 whatever
+        ``norm_num_groups`` is; ``sd21`` and ``from_diffusers`` (release-layout models) set it. None (the dataclass
+        default, and what a stored config written before this field existed reads as) follows ``norm_num_groups``,
+        as those models were built.
       groupnorm_scope: Temp-Conv GroupNorm statistics over the whole clip (``clip``, official) or per frame.
       temporal_padding: Temp-Conv padding of the frame axis, ``zeros`` (official) | ``replicate`` (see
         :class:`~vidrd_jax.models.temporal_layers.TemporalConv`; no parameter changes, so weights load either way).
@@ -55,7 +62,8 @@ class VAEConfig(ModelConfigMixin):
     scaling_factor: float = 0.18215
     use_temporal_decoder: bool = True
     temporal_conv_layers: int = 3
-    temporal_norm_eps: float = 1e-5
+    temporal_norm_num_groups: int | None = None
+    temporal_norm_eps: float = RELEASE_TEMPORAL_NORM_EPS
     dropout: float = 0.1
     groupnorm_scope: str = "clip"
     temporal_padding: str = "zeros"
@@ -83,6 +91,14 @@ class VAEConfig(ModelConfigMixin):
             if not isinstance(channels, int) or channels <= 0 or channels % self.norm_num_groups:
                 fail("block_out_channels", f"entry {i} ({channels!r}) must be a positive multiple of "
                      f"norm_num_groups={self.norm_num_groups}")
+        groups = self.temporal_norm_num_groups
+        if groups is not None and (not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0):
+            fail("temporal_norm_num_groups", f"must be a positive int or None, got {groups!r}")
+        if self.use_temporal_decoder:
+            for i, channels in enumerate(self.block_out_channels):
+                if channels % self.temporal_groups:
+                    fail("temporal_norm_num_groups", f"{self.temporal_groups} groups do not divide "
+                         f"block_out_channels entry {i} ({channels})")
         for name in ("norm_eps", "temporal_norm_eps", "scaling_factor"):
             if not getattr(self, name) > 0:
                 fail(name, f"must be > 0, got {getattr(self, name)!r}")
@@ -94,10 +110,15 @@ class VAEConfig(ModelConfigMixin):
             if getattr(self, name) not in allowed:
                 fail(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
 
+    @property
+    def temporal_groups(self) -> int:
+        """Groups of the Temp-Conv GroupNorms (``norm_num_groups`` where ``temporal_norm_num_groups`` is unset)."""
+        return self.norm_num_groups if self.temporal_norm_num_groups is None else self.temporal_norm_num_groups
+
     @classmethod
     def sd21(cls, **overrides: Any) -> "VAEConfig":
-        """SD-2.1's autoencoder with VidRD's temporal decoder (100 M parameters, 16.4 M of them temporal)."""
-        return cls(**overrides)
+        """SD-2.1's autoencoder with VidRD's temporal decoder as released (100 M parameters, 16.4 M temporal)."""
+        return cls(**{**RELEASE_TEMPORAL_NORM, **overrides})
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "VAEConfig":
@@ -111,8 +132,9 @@ class VAEConfig(ModelConfigMixin):
     def from_diffusers(cls, config_json: Mapping[str, Any], **overrides: Any) -> "VAEConfig":
         """Builds the config from a diffusers ``AutoencoderKL`` ``config.json`` dict (e.g. SD-2.1's ``vae/``).
 
-        VidRD's ``add_temp_conv`` key, when present, sets ``use_temporal_decoder``. Features this model does not
-        implement raise an error naming the field; ``overrides`` set any :class:`VAEConfig` field.
+        VidRD's ``add_temp_conv`` key, when present, sets ``use_temporal_decoder``; the Temp-Conv GroupNorms are the
+        release's (32 groups, eps 1e-5). Features this model does not implement raise an error naming the field;
+        ``overrides`` set any :class:`VAEConfig` field.
         """
         cfg = dict(config_json)
         expected = {"act_fn": "silu", "use_quant_conv": True, "use_post_quant_conv": True,
@@ -124,7 +146,7 @@ class VAEConfig(ModelConfigMixin):
         for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
             if any(t != block for t in cfg.get(key, ())):
                 raise ValueError(f"from_diffusers: unsupported {key}={cfg[key]!r} (only {block})")
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(RELEASE_TEMPORAL_NORM)
         for key in ("in_channels", "out_channels", "latent_channels", "block_out_channels", "layers_per_block",
                     "norm_num_groups", "scaling_factor"):
             if key in cfg:
@@ -204,7 +226,7 @@ class UpDecoderBlock(nn.Module):
             x = _resnet(cfg, channels, f"resnets_{j}")(x)
             if cfg.use_temporal_decoder:
                 clip = x.reshape((-1, num_frames) + x.shape[1:])
-                temporal = TemporalConv(cfg.temporal_conv_layers, cfg.norm_num_groups, cfg.temporal_norm_eps,
+                temporal = TemporalConv(cfg.temporal_conv_layers, cfg.temporal_groups, cfg.temporal_norm_eps,
                                         cfg.dropout, cfg.groupnorm_scope, cfg.temporal_padding, name=f"temp_convs_{j}",
                                         **cfg.dtype_kwargs())
                 clip = temporal(clip, deterministic)
