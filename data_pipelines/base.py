@@ -100,7 +100,7 @@ class Source(abc.ABC):
             frames = pseudo_video.random_pseudo_video(rng, raw.frames[0], s.num_frames, (s.height, s.width),
                                                       self.zoom_pan)
         else:
-            frames = transforms.random_window(rng, raw.frames, s.num_frames)
+            frames = transforms.random_window(rng, raw.frames, s.num_frames, key=raw.key)
             frames = transforms.resize_frames(frames, transforms.shorter_side_size(*frames.shape[1:3],
                                                                                     s.height, s.width))
             frames = transforms.random_crop(rng, frames, s.height, s.width)

@@ -28,8 +28,7 @@ import json
 import logging
 import os
 import sys
-import tempfile
-from typing import Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -45,6 +44,7 @@ from data_pipelines.captioning import (
     video_rng,
 )
 from data_pipelines.segment import SegmentConfig
+from vidrd_jax import cli
 
 log = logging.getLogger("data_pipelines.caption")
 
@@ -96,40 +96,6 @@ def _stats_path(out: str) -> str:
     return os.path.splitext(out)[0] + ".stats.json"
 
 
-class _AtomicFile:
-    """Text file written under a temporary name beside ``path`` and renamed over it on success only.
-
-    Readers never see a partial file; a failed run leaves the previous ``path`` untouched and no temporary file.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        fd, self.tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                        prefix=os.path.basename(path) + ".", suffix=".tmp")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the output ordinary permissions
-        self.file = os.fdopen(fd, "w")
-
-    def __enter__(self) -> "_AtomicFile":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-            self.file.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-
-    def write(self, text: str) -> None:
-        self.file.write(text)
-
-
 def _load_templates(path: str | None) -> tuple[str, ...]:
     if path is None:
         return PROMPT_TEMPLATES
@@ -140,7 +106,7 @@ def _load_templates(path: str | None) -> tuple[str, ...]:
 class _Runner:
     """Walks the index, counts skips, streams the output rows."""
 
-    def __init__(self, args: argparse.Namespace, out: _AtomicFile):
+    def __init__(self, args: argparse.Namespace, out: IO[str]):
         self.args = args
         self.out = out
         self.index_dir = os.path.dirname(os.path.abspath(args.input))
@@ -285,32 +251,29 @@ def main(argv: Sequence[str] | None = None, captioner: Captioner | None = None) 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Validate everything before loading models (a real BLIP-2 takes minutes to load).
-    try:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
-        if not os.path.isfile(args.input):
-            raise ValueError(f"--input: {args.input!r} does not exist")
-        check_index(args.input)
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise ValueError(f"--out: directory of {args.out!r} does not exist")
-        templates = _load_templates(args.templates)
-        if captioner is None:
-            if args.blip2 is None:
-                raise ValueError("--blip2: required (a local BLIP-2 save_pretrained folder)")
-            check_model_folder(args.blip2, "--blip2")
-        config = None
-        if args.mode == "long":
-            check_model_folder(args.clip, "--clip")
-            config = SegmentConfig(frame_stride=args.frame_stride, threshold=args.threshold,
-                                   min_frames=args.min_frames, read_chunk=args.read_chunk)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
+    if args.batch_size < 1:
+        raise cli.UsageError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    if not os.path.isfile(args.input):
+        raise cli.UsageError(f"--input: {args.input!r} does not exist")
+    check_index(args.input)
+    for path in (args.out, _stats_path(args.out)):
+        cli.check_output_file(path, "--out")
+    templates = _load_templates(args.templates)
+    if captioner is None:
+        if args.blip2 is None:
+            raise cli.UsageError("--blip2: required (a local BLIP-2 save_pretrained folder)")
+        check_model_folder(args.blip2, "--blip2")
+    config = None
+    if args.mode == "long":
+        check_model_folder(args.clip, "--clip")
+        config = SegmentConfig(frame_stride=args.frame_stride, threshold=args.threshold,
+                               min_frames=args.min_frames, read_chunk=args.read_chunk)
     if captioner is None:
         from data_pipelines.captioning import Blip2Captioner
 
         captioner = Blip2Captioner.from_pretrained(args.blip2, device=args.device, dtype=args.dtype,
                                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    with _AtomicFile(args.out) as out:
+    with cli.atomic_write(args.out) as out:
         runner = _Runner(args, out)
         if config is None:
             run_short(args, runner, captioner, templates)
@@ -327,7 +290,7 @@ def main(argv: Sequence[str] | None = None, captioner: Captioner | None = None) 
         "settings": {k: v for k, v in sorted(vars(args).items()) if k not in ("input", "out", "mode")},
         "templates": list(templates),
     }
-    with _AtomicFile(_stats_path(args.out)) as f:
+    with cli.atomic_write(_stats_path(args.out)) as f:
         f.write(json.dumps(stats, indent=2) + "\n")
     log.info("%s: %d of %d videos captioned, %d rows -> %s; skipped %s", args.mode, runner.captioned,
              runner.videos, runner.rows_written, args.out, stats["skipped"] or "none")
@@ -335,4 +298,4 @@ def main(argv: Sequence[str] | None = None, captioner: Captioner | None = None) 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli.run_cli(main))

@@ -24,6 +24,7 @@ import numpy as np
 from absl import flags, logging
 
 from data_pipelines import array_record_source, config as config_lib, registry, stats, transforms
+from vidrd_jax import cli
 
 
 class _EncodeItem:
@@ -134,6 +135,7 @@ def _resolution(text: str) -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the CLI; returns the info dict. Bad input raises (``python -m`` reports it as one ``error: ...`` line)."""
     parser = argparse.ArgumentParser(prog="python -m data_pipelines.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--source-config", required=True, help="source entry (JSON file / inline JSON) or .py config")
     parser.add_argument("--source", default=None, help="source name inside a .py config")
@@ -161,4 +163,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    main(sys.argv[1:])
+    sys.exit(cli.run_cli(main, errors=(stats.SourceFailedError,)))

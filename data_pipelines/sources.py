@@ -170,7 +170,7 @@ class VideoIndexSource(_IndexSource):
                 height, width = reader.size
                 self.check_size(height, width, row.path)
                 end = info.num_frames if info is not None else row.end_frame
-                indices = transforms.sample_frame_indices(rng, row.start_frame, end, keyframes, s.stride)
+                indices = transforms.sample_frame_indices(rng, row.start_frame, end, keyframes, s.stride, key=row.path)
                 frames = reader.read(indices, size=transforms.shorter_side_size(height, width, s.height, s.width))
         except media.MediaError as e:
             raise stats.SkipError(e.reason, str(e)) from e

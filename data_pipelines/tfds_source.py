@@ -82,7 +82,7 @@ class TfdsSource(base.Source):
         if kind == base.IMAGE:
             image = pseudo_video.fit_for_zoom(video[0], (s.height, s.width), self.zoom_pan.zoom_range[1])
             return base.Raw(np.ascontiguousarray(image[None]), captions, kind, key)
-        indices = transforms.sample_frame_indices(rng, 0, len(video), keyframes, s.stride)
+        indices = transforms.sample_frame_indices(rng, 0, len(video), keyframes, s.stride, key=key)
         frames = transforms.resize_frames(video[indices], transforms.shorter_side_size(*video.shape[1:3],
                                                                                         s.height, s.width))
         return base.Raw(np.ascontiguousarray(frames), captions, kind, key)

@@ -32,21 +32,27 @@ class Sampling:
                 raise ValueError(f"{field}: must be a positive int, got {value!r}")
 
 
+def _named(key: str | None) -> str:
+    """``"KEY: "`` (the prefix of a skip message naming its item), or nothing."""
+    return f"{key}: " if key else ""
+
+
 def clip_span(num_frames: int, stride: int) -> int:
     """Frames a clip of ``num_frames`` keyframes ``stride`` apart spans (first to last keyframe, inclusive)."""
     return (num_frames - 1) * stride + 1
 
 
 def sample_frame_indices(rng: np.random.Generator, start_frame: int, end_frame: int, num_frames: int,
-                         stride: int) -> np.ndarray:
+                         stride: int, *, key: str | None = None) -> np.ndarray:
     """Keyframes ``s, s + stride, …`` (``num_frames`` of them) with ``s`` uniform so all lie in ``[start, end)``.
 
-    Raises ``SkipError(too_short)`` when the segment holds fewer than ``clip_span(num_frames, stride)`` frames.
+    Raises ``SkipError(too_short)``, naming the item ``key`` (its file), when the segment holds fewer than
+    ``clip_span(num_frames, stride)`` frames.
     """
     span = clip_span(num_frames, stride)
     available = end_frame - start_frame
     if available < span:
-        raise stats.SkipError(stats.TOO_SHORT, f"{available} frames in [{start_frame}, {end_frame}), "
+        raise stats.SkipError(stats.TOO_SHORT, f"{_named(key)}{available} frames in [{start_frame}, {end_frame}), "
                                                f"need {span} ({num_frames} keyframes every {stride})")
     start = start_frame + int(rng.integers(0, available - span + 1))
     return start + stride * np.arange(num_frames, dtype=np.int64)
@@ -80,10 +86,11 @@ def random_crop(rng: np.random.Generator, frames: np.ndarray, height: int, width
     return frames[:, y:y + height, x:x + width]
 
 
-def random_window(rng: np.random.Generator, frames: np.ndarray, num_frames: int) -> np.ndarray:
+def random_window(rng: np.random.Generator, frames: np.ndarray, num_frames: int, *,
+                  key: str | None = None) -> np.ndarray:
     """``num_frames`` consecutive frames from a uniform start (stored keyframes are already ``stride`` apart)."""
     if len(frames) < num_frames:
-        raise stats.SkipError(stats.TOO_SHORT, f"{len(frames)} stored keyframes, need {num_frames}")
+        raise stats.SkipError(stats.TOO_SHORT, f"{_named(key)}{len(frames)} stored keyframes, need {num_frames}")
     start = int(rng.integers(0, len(frames) - num_frames + 1))
     return frames[start:start + num_frames]
 

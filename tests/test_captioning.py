@@ -9,6 +9,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ from data_pipelines.segment import (
     sample_indices,
     segment_then_caption,
 )
+from vidrd_jax import cli
 from vidrd_jax.media import read_video, write_video
 from vidrd_jax.models.tokenizer import bytes_to_unicode
 
@@ -404,7 +406,7 @@ def test_cli_short_end_to_end(tmp_path, blip2, blip2_dir):
     caption_cli.main(argv + ["--templates", str(tmp_path / "templates.txt")])
     assert [r["template"] for r in _read_jsonl(str(out))] == [only, only]
     (tmp_path / "bad_templates.txt").write_text("no placeholder\n")
-    with pytest.raises(SystemExit, match="templates"):
+    with pytest.raises(ValueError, match="templates"):
         caption_cli.main(argv + ["--templates", str(tmp_path / "bad_templates.txt")])
 
 
@@ -426,19 +428,28 @@ def test_cli_counts_empty_captions_and_takes_any_captioner(tmp_path, clip_dir):
                               "--threshold", "-1", "--min-frames", "8"], captioner=captioner)
     assert [(r["label"], r["start_frame"], r["end_frame"]) for r in _read_jsonl(out)] == [("keep", 0, 8)] * 2
     assert stats["skipped"] == {"empty_caption": 1} and stats["videos_captioned"] == 2
-    with pytest.raises(SystemExit, match="--blip2: required"):
+    with pytest.raises(cli.UsageError, match="--blip2: required"):
         caption_cli.main(["short", "--input", str(tmp_path / "index.csv"), "--out", out])
 
 
-def test_atomic_output_file(tmp_path):
-    path = str(tmp_path / "rows.jsonl")
-    with caption_cli._AtomicFile(path) as f:
-        f.write("old\n")
-    with pytest.raises(RuntimeError):
-        with caption_cli._AtomicFile(path) as f:
-            f.write("partial\n")
-            raise RuntimeError("crash mid-run")
-    assert open(path).read() == "old\n" and os.listdir(tmp_path) == ["rows.jsonl"]
+def test_cli_errors_are_one_line_with_status_2_before_any_model_loads(tmp_path, capsys):
+    write_video(str(tmp_path / "v.mp4"), _coded_video("#" * 8), fps=8.0)
+    index = tmp_path / "index.csv"
+    index.write_text("path,label\nv.mp4,keep\n")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "no_label.csv").write_text("path,caption\nv.mp4,a video\n")
+    cases = [(["--input", str(index), "--out", str(tmp_path / "a_file" / "o.jsonl")], r"--out: cannot write .*a_file"),
+             (["--input", str(index), "--out", str(tmp_path)], r"--out: .* is a directory"),
+             (["--input", str(tmp_path / "nothing.csv"), "--out", "o.jsonl"], r"--input: .* does not exist"),
+             (["--input", str(tmp_path / "no_label.csv"), "--out", "o.jsonl"], r"--input: CSV .* needs a header"),
+             (["--input", str(index), "--out", str(tmp_path / "o.jsonl")], r"--blip2: required"),
+             (["--input", str(index), "--out", str(tmp_path / "o.jsonl"), "--blip2", str(tmp_path / "nowhere")],
+              r"--blip2: model folder .* does not exist")]
+    for args, message in cases:
+        assert cli.run_cli(caption_cli.main, ["short", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.match(f"error: {message}", err[0]), err
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "index.csv", "no_label.csv", "v.mp4"]
 
 
 def test_cli_long_end_to_end(tmp_path, blip2_dir, clip_dir):
@@ -465,12 +476,12 @@ def test_cli_long_end_to_end(tmp_path, blip2_dir, clip_dir):
     assert _read_jsonl(str(out)) == [] and stats["skipped"] == {"no_segments": 2, "unreadable": 1}
     with pytest.raises(SystemExit):
         caption_cli.main(["long", "--input", str(index), "--out", str(out), "--blip2", blip2_dir])  # no --clip
-    with pytest.raises(SystemExit, match="--clip: model folder .* does not exist"):
+    with pytest.raises(FileNotFoundError, match="--clip: model folder .* does not exist"):
         caption_cli.main(base + ["--clip", str(tmp_path / "no_clip")])  # last --clip wins
-    with pytest.raises(SystemExit, match="min_frames"):
+    with pytest.raises(ValueError, match="min_frames"):
         caption_cli.main(base + ["--min-frames", "0"])
     (tmp_path / "no_label.csv").write_text("path,caption\nlong.mp4,a video\n")
-    with pytest.raises(SystemExit, match="--input: CSV .* needs a header with columns 'path' and 'label'"):
+    with pytest.raises(ValueError, match="--input: CSV .* needs a header with columns 'path' and 'label'"):
         caption_cli.main(base + ["--input", str(tmp_path / "no_label.csv")])
 
 

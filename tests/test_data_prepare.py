@@ -1,6 +1,8 @@
 """prepare -> ArrayRecord shards -> array_record source; the TFDS source's guarded code path."""
 import json
+import logging
 import os
+import runpy
 import sys
 import types
 
@@ -8,7 +10,8 @@ import numpy as np
 import pytest
 
 import data_pipelines
-from data_pipelines import array_record_source, builtin, config as config_lib, prepare, registry, stats, transforms
+from data_pipelines import (array_record_source, base, builtin, config as config_lib, prepare, registry, stats,
+                            transforms)
 from test_data_fixtures import frame_indices, make_corrupt_set, make_video, write_jsonl
 from vidrd_jax import media
 
@@ -124,6 +127,41 @@ def test_tfds_source_guarded_and_working(monkeypatch):
     assert np.diff(frame_indices(frames)).tolist() == [3]
     with pytest.raises(stats.SkipError) as e:
         source.load(1, np.random.default_rng(0))
-    assert e.value.reason == stats.TOO_SHORT
+    assert e.value.reason == stats.TOO_SHORT and str(e.value).startswith("my_videos/train/1: 3 frames")
     frames, caption = source.load(2, np.random.default_rng(0))
     assert frames.shape == (2, 16, 16, 3) and caption in ("an image", "a picture")
+
+
+def test_too_short_skips_name_the_file(tmp_path, caplog):
+    good = make_video(str(tmp_path / "good.mp4"), 12, height=24, width=32)
+    short = make_corrupt_set(str(tmp_path), good)["short.gif"]  # 2 frames; a clip here spans 4
+    index = write_jsonl(str(tmp_path / "index.jsonl"), [{"path": p, "caption": "c"} for p in (good, short)])
+    spec = {"name": "vids", "kind": "video_index", "params": {"index": index}}
+    with caplog.at_level(logging.WARNING):
+        info = prepare.prepare(spec, SAMPLING, str(tmp_path / "out"))
+    assert info["skipped"] == {stats.TOO_SHORT: 1}
+    logged = [r.getMessage() for r in caplog.records if stats.TOO_SHORT in r.getMessage()]
+    assert len(logged) == 1 and f"{short}: 2 frames in [0, 2), need 4" in logged[0], logged
+    raw = base.Raw(np.zeros((1, 16, 16, 3), np.uint8), ["c"], base.CLIP, "shard-00001/item 7")  # 1 stored keyframe
+    with pytest.raises(stats.SkipError, match="^shard-00001/item 7: 1 stored keyframes, need 2$"):
+        registry.make_source(spec, SAMPLING).augment(raw, np.random.default_rng(0))
+
+
+def _run_prepare(monkeypatch, *args: str) -> int:
+    """``python -m data_pipelines.prepare args`` in this process; returns the exit status."""
+    monkeypatch.setattr(sys, "argv", ["prepare", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("data_pipelines.prepare", run_name="__main__")
+    return exit_info.value.code
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+def test_cli_errors_are_one_line_with_status_2(tmp_path, monkeypatch, capsys):
+    index = write_jsonl(str(tmp_path / "bad.jsonl"), [{"path": "missing.mp4", "caption": "x"}])
+    spec = json.dumps({"name": "nothing_good", "kind": "video_index", "params": {"index": index}})
+    for source_config, message in (("{not json", "neither a file nor inline JSON"),
+                                   (json.dumps({"name": "x", "kind": "no_such_kind"}), "no_such_kind"),
+                                   (spec, "'nothing_good': none of its 1 items could be decoded")):
+        assert _run_prepare(monkeypatch, "--source-config", source_config, "--out", str(tmp_path / "out")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -1,8 +1,11 @@
 """The demo evaluation's measurements, calibrated on clips drawn by the dataset's own renderer (ground truth)."""
+import re
+
 import numpy as np
 import pytest
 
 from data_pipelines import builtin
+from vidrd_jax import cli
 from vidrd_jax import evaluate_demo as ev
 
 THRESHOLD = ev.get_default_config().saturation_threshold
@@ -100,3 +103,15 @@ def test_evaluation_prompts_are_balanced_over_directions():
     lefts = [x[0] for x in first if x[2] == "left"]
     assert len(set(lefts[:4])) == min(4, len({x[0] for x in held if x[2] == "left"}))
 
+
+
+def test_cli_finds_its_default_config_from_any_directory_and_errors_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    workdir = tmp_path / "demo"
+    for args, message in ((["--workdir", str(workdir)], f"checkpoint: '{workdir}/temporal_vae/export'"),
+                          (["--workdir", str(workdir), "--stage", "unet"], "--stage 'unet' is not an evaluate_demo "
+                                                                           "stage of .*configs/demo.py")):
+        assert cli.run_cli(ev.main, args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.match(f"error: {message}", err[0]), err
+    assert list(tmp_path.iterdir()) == []  # the checkpoints are checked before anything is written

@@ -8,7 +8,10 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +312,74 @@ def test_help_exits_0(capsys):
     assert generate.main(["generate", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--batch_prompts_file" in out and "--num_clips" in out
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_interrupted_or_failed_run_keeps_the_earlier_outputs(checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "video.mp4"
+    run_cli(checkpoint, out, "--num_clips", "2", "--seed", "0")
+    before = _files(tmp_path)
+    assert sorted(before) == ["video.gif", "video.json", "video.mp4", "video.png"]
+    sample = pipeline_lib.VideoPipeline.generate_long_video
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C once the first clip has reached the writers
+        chunks = sample(self, *args, **kwargs)
+        yield next(chunks)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(pipeline_lib.VideoPipeline, "generate_long_video", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            generate.main(argv(checkpoint, out, "--num_clips", "2", "--seed", "1"))
+    assert _files(tmp_path) == before  # byte-identical; no temporary file left behind
+
+    def full_disk(path, frames, columns=8):  # the contact sheet, written after both videos are complete
+        raise OSError(28, "No space left on device", path)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(media, "write_contact_sheet", full_disk)
+        assert generate.main(argv(checkpoint, out, "--num_clips", "2", "--seed", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "No space left on device" in err[0], err
+    assert _files(tmp_path) == before
+    record = run_cli(checkpoint, out, "--num_clips", "2", "--seed", "1")
+    after = _files(tmp_path)
+    assert sorted(after) == sorted(before) and record["seed"] == 1
+    assert all(after[name] != before[name] for name in before)
+
+
+def test_unwritable_out_fails_before_any_work(checkpoint, tmp_path, monkeypatch, capsys):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded although --out cannot be written")
+
+    monkeypatch.setattr(pipeline_lib.VideoPipeline, "from_checkpoint", no_work)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "clash.gif").mkdir()
+    (tmp_path / "read_only").mkdir()
+    if os.geteuid() == 0:  # root writes wherever permission bits forbid: sysfs takes no new files
+        read_only = Path("/sys")
+        with pytest.raises(OSError):
+            tempfile.TemporaryFile(dir=read_only)
+    else:
+        read_only = tmp_path / "read_only"
+        read_only.chmod(0o555)
+    for out, message in ((tmp_path / "a_file" / "v.mp4", r"cannot write .*: '.*a_file' is not a directory"),
+                         (tmp_path / "clash.mp4", r"'.*clash\.gif' is a directory"),
+                         (read_only / "v.mp4", r"cannot write .*: directory '.*' is not writable")):
+        assert generate.main(argv(checkpoint, out)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(f"error: --out: .*{message}", err[0]), err
+
+
+def test_long_prompts_warn_once_naming_the_prompt_and_its_length(checkpoint, caplog):
+    pipe = pipeline_lib.VideoPipeline.from_checkpoint(checkpoint)
+    long_prompt = "a red square moving right " * 20  # 100 one-token words: 102 tokens with BOS and EOS
+    with caplog.at_level(logging.WARNING):
+        pipe.encode_prompts([long_prompt, "a blue circle"])
+        pipe.encode_prompts([long_prompt])
+    warnings = [r.getMessage() for r in caplog.records if "tokens long" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert repr(long_prompt) in warnings[0] and "is 102 tokens long" in warnings[0] and "first 77" in warnings[0]

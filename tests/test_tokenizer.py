@@ -70,6 +70,13 @@ def test_empty_prompt_truncation_and_array_input(tok, reference):
     assert ids[1, -1] == EOS
 
 
+def test_token_counts_are_untruncated_lengths(tok, reference):
+    long_prompt = " ".join(f"word{i} scene" for i in range(60))
+    prompts = PROMPTS + ["", long_prompt]
+    assert tok.token_counts(prompts) == [len(reference.encode(p)) + 2 for p in prompts]  # + BOS and EOS
+    assert tok.token_counts([long_prompt])[0] > tok.model_max_length
+
+
 def test_sd21_pad_token_and_exclamation_quirk(tok, reference, cache_dir):
     # SD-2.1 pads with "!", a special token in transformers, so "!!" becomes two id-0 tokens.
     (wow,) = reference.encode("wow")

@@ -35,14 +35,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
 from data_pipelines import builtin
+from vidrd_jax import cli
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "reverse_dsg_pns": dict(frame_mapping="reverse"),
@@ -51,6 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "forward_no_dsg_pns": dict(frame_mapping="forward", dsg_beta=0.0, pns_alpha=0.0),
 }
 MAIN_VARIANT = "reverse_dsg_pns"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 OUTPUT_JSON, OUTPUT_TABLE, SHEETS_DIR = "evaluation.json", "evaluation.md", "sheets"
 
 
@@ -309,8 +313,16 @@ def format_table(results: dict[str, Any]) -> str:
 
 def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
     """Evaluates the model (every variant) and the baseline (main variant); writes JSON + table; returns a summary
-    for ``summary.json``."""
+    for ``summary.json``. Both checkpoints are checked before anything is generated."""
+    from vidrd_jax import checkpoints
+
     validate_config(c)
+    for field in ("checkpoint", "baseline_checkpoint"):
+        if c[field]:
+            try:
+                checkpoints.load_model_config(c[field])
+            except (OSError, ValueError) as e:
+                raise cli.UsageError(f"{field}: {e}") from None
     start = time.perf_counter()
     results: dict[str, Any] = {"model": evaluate_model(c.checkpoint, c, list(VARIANTS), out_dir, "model",
                                                        reconstruction=True)}
@@ -322,11 +334,11 @@ def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
               "prompts": [builtin.caption_for(*x) for x in evaluation_prompts(c)],
               "seconds": round(time.perf_counter() - start, 1)}
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, OUTPUT_JSON), "w") as f:
+    with cli.atomic_write(os.path.join(out_dir, OUTPUT_JSON)) as f:
         json.dump(record, f, indent=2)
     thresholds = ", ".join(f"{k} {'<=' if k == 'junction_ratio' else '>='} {v} "
                            f"({'pass' if verdict[k] else 'FAIL'})" for k, v in c.thresholds.items())
-    with open(os.path.join(out_dir, OUTPUT_TABLE), "w") as f:
+    with cli.atomic_write(os.path.join(out_dir, OUTPUT_TABLE)) as f:
         f.write(table + f"\n\nPass marks ({MAIN_VARIANT}): {thresholds}\n")
     print(table)
     print(f"pass marks ({MAIN_VARIANT}): {thresholds}")
@@ -336,16 +348,18 @@ def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the stage's evaluation; bad input raises (``python -m`` reports it as one ``error: ...`` line, status 2)."""
     from vidrd_jax import stages
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="the demo's workdir (holds the stage exports)")
-    parser.add_argument("--config", default="configs/demo.py", help="staged config file[:arg]")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="staged config file[:arg] (default: the repository's configs/demo.py)")
     parser.add_argument("--stage", default="evaluate", help="name of the evaluate_demo stage in the config")
     args = parser.parse_args(argv)
     config = stages.load_config(args.config)
     if args.stage not in config or config[args.stage].kind != "evaluate_demo":
-        raise SystemExit(f"error: --stage {args.stage!r} is not an evaluate_demo stage of {args.config}")
+        raise cli.UsageError(f"--stage {args.stage!r} is not an evaluate_demo stage of {args.config}")
     workdir = os.path.abspath(args.workdir)
     earlier = tuple(n for n in config.stages[: list(config.stages).index(args.stage)] if config[n].kind == "train")
     resolved = stages.resolve(config[args.stage].config, workdir, earlier, f"{args.stage}.config")
@@ -353,4 +367,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_cli(main))

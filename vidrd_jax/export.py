@@ -6,18 +6,24 @@ Reads only the parameters (trainable or their EMA, plus the frozen ones) of step
 checkpoint) as host arrays, rebuilds the task from the config stored with the checkpoint, and writes
 ``checkpoints.save_inference_checkpoint(OUT, params, model_config)`` with the parameters cast to ``--dtype`` (model
 configs say so too). A tokenizer folder used in training is copied to ``OUT/tokenizer``.
+
+An existing non-empty ``OUT`` is refused (before anything is read) unless ``--overwrite``. A single process writes
+into a temporary directory beside ``OUT`` that replaces it on success, so an interrupted export leaves no partial
+checkpoint; several processes write ``OUT`` in place (Orbax coordinates them).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import sys
 from typing import Sequence
 
 import jax
 import ml_collections
 
-from vidrd_jax import checkpoints
+from vidrd_jax import checkpoints, cli
 from vidrd_jax import train_state as ts
 from vidrd_jax.tasks import get_task_class
 from vidrd_jax.train import CHECKPOINT_DIR
@@ -52,26 +58,32 @@ def export(workdir: str, out: str, *, use_ema: bool = False, dtype: str = "float
     params, model_config = task.export(params, DTYPES[dtype])
     model_config["source"] = f"vidrd_jax.export {checkpoints.absolute(workdir)} step {step}{' ema' if use_ema else ''}"
     tokenizer = model_config.get("tokenizer")
-    if tokenizer:  # self-contained, like the converter's checkpoints: the tokenizer folder travels along
-        nested = os.path.join(tokenizer, TOKENIZER_DIR)  # a model folder holding tokenizer/
-        shutil.copytree(nested if os.path.isdir(nested) else tokenizer, os.path.join(out, TOKENIZER_DIR),
-                        dirs_exist_ok=True)
-        model_config["tokenizer"] = TOKENIZER_DIR
-    return checkpoints.save_inference_checkpoint(out, params, model_config)
+    single = jax.process_count() == 1
+    with cli.atomic_directory(out) if single else contextlib.nullcontext(out) as target:
+        if tokenizer:  # self-contained, like the converter's checkpoints: the tokenizer folder travels along
+            nested = os.path.join(tokenizer, TOKENIZER_DIR)  # a model folder holding tokenizer/
+            shutil.copytree(nested if os.path.isdir(nested) else tokenizer, os.path.join(target, TOKENIZER_DIR),
+                            dirs_exist_ok=True)
+            model_config["tokenizer"] = TOKENIZER_DIR
+        checkpoints.save_inference_checkpoint(target, params, model_config)
+    return checkpoints.absolute(out)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
+    """Runs the export (raises on bad input; ``python -m`` reports it as one ``error: ...`` line, status 2)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="training workdir (holds checkpoints/)")
     parser.add_argument("--out", required=True, help="output inference checkpoint directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     parser.add_argument("--ema", action="store_true", help="export the EMA of the trainable weights")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="parameter dtype on disk")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     args = parser.parse_args(argv)
+    cli.check_output_dir(args.out, "--out", overwrite=args.overwrite)
     out = export(args.workdir, args.out, use_ema=args.ema, dtype=args.dtype, step=args.step)
     print(f"wrote inference checkpoint {out} ({jax.process_count()} process(es))")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_cli(main))

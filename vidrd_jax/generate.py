@@ -22,8 +22,11 @@ Outputs (``--out`` ends in .mp4 or .webm)
 
 Flags ``--mode``, ``--num_clips`` (vidrd), ``--num_frames`` (codenoise) and ``--seed`` set ``config.mode``,
 ``config.vidrd.num_clips``, ``config.codenoise.num_frames`` and ``config.seed``; every other setting is a
-``--config.FIELD=VALUE`` override (``configs/generate_default.py`` lists them). Bad arguments, config values or
-checkpoints print one ``error: ...`` line and exit with status 2.
+``--config.FIELD=VALUE`` override (``configs/generate_default.py`` lists them). Bad arguments, config values,
+outputs or checkpoints print one ``error: ...`` line and exit with status 2, before any sampling.
+
+Every output is written under a temporary name beside it and renamed into place only when all of them are complete,
+so an interrupted or failed run leaves the earlier files at the same ``--out`` as they were.
 """
 from __future__ import annotations
 
@@ -41,12 +44,13 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from vidrd_jax import cli
+from vidrd_jax.cli import UsageError
 from vidrd_jax.diffusion import CoDenoiseConfig, LongVideoConfig
 
 MODES = ("vidrd", "codenoise")
 VIDEO_EXTENSIONS = (".mp4", ".webm")
 PROMPT_SEPARATOR = "|"
-EXIT_USAGE = 2
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "generate_default.py"
 _SHARED = ("prompts", "num_steps", "eta", "guidance_scale", "negative_prompt")
 CONFIG_FIELDS = {
@@ -57,10 +61,6 @@ CONFIG_FIELDS = {
     + ("decode_frames",),
     "contact_sheet": ("max_frames", "columns"),
 }
-
-
-class UsageError(Exception):
-    """A bad argument, config field or checkpoint: :func:`main` prints the message and exits with status 2."""
 
 
 # --- config ------------------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def check_checkpoint(directory: str | None, config: ml_collections.ConfigDict, o
 
     if not directory:
         raise UsageError("--checkpoint is required (an inference checkpoint directory)")
-    if not os.path.isdir(directory):
+    if not os.path.exists(directory):
         raise UsageError(f"--checkpoint: directory {directory!r} does not exist")
     try:
         model_config = checkpoints.load_model_config(directory)
@@ -211,24 +211,33 @@ def check_checkpoint(directory: str | None, config: ml_collections.ConfigDict, o
 # --- outputs -----------------------------------------------------------------------------------------------------
 
 def output_paths(out: str, num_videos: int, batched: bool) -> tuple[list[dict[str, str]], str]:
-    """Per-video ``{"video", "gif", "png"}`` paths and the JSON path (module docstring)."""
+    """Per-video ``{"video", "gif", "png"}`` paths and the JSON path (module docstring); each must be writable."""
     stem, ext = os.path.splitext(out)
     if ext.lower() not in VIDEO_EXTENSIONS:
         raise UsageError(f"--out must end in one of {VIDEO_EXTENSIONS}, got {out!r}")
     stems = [f"{stem}_{b}" for b in range(num_videos)] if batched else [stem]
-    return [{"video": s + ext, "gif": s + ".gif", "png": s + ".png"} for s in stems], stem + ".json"
+    paths = [{"video": s + ext, "gif": s + ".gif", "png": s + ".png"} for s in stems]
+    for path in [p for video in paths for p in video.values()] + [stem + ".json"]:
+        cli.check_output_file(path, "--out")
+    return paths, stem + ".json"
 
 
 class VideoSink:
-    """One video's writers: streams frames to the video file and the GIF, hashes them, keeps contact-sheet frames."""
+    """One video's writers: streams frames to the video file and the GIF, hashes them, keeps contact-sheet frames.
 
-    def __init__(self, paths: dict[str, str], fps: float, total_frames: int, sheet_frames: int, columns: int):
+    The files are written to temporary names from ``files`` (renamed into place when the whole run succeeds).
+    """
+
+    def __init__(self, paths: dict[str, str], files: cli.AtomicFiles, fps: float, total_frames: int,
+                 sheet_frames: int, columns: int):
         from vidrd_jax import media
 
         self._media = media
         self.paths = paths
         self.columns = columns
-        self.writers = [media.VideoWriter(paths["video"], fps), media.VideoWriter(paths["gif"], fps)]
+        self.writers = [media.VideoWriter(files.path(paths["video"]), fps),
+                        media.VideoWriter(files.path(paths["gif"]), fps)]
+        self._sheet_path = files.path(paths["png"])
         count = min(total_frames, sheet_frames)
         self._sheet_indices = set(np.round(np.linspace(0, total_frames - 1, count)).astype(int).tolist())
         self._sheet: list[np.ndarray] = []
@@ -247,7 +256,7 @@ class VideoSink:
     def close(self) -> dict[str, Any]:
         for writer in self.writers:
             writer.close()
-        self._media.write_contact_sheet(self.paths["png"], np.stack(self._sheet), columns=self.columns)
+        self._media.write_contact_sheet(self._sheet_path, np.stack(self._sheet), columns=self.columns)
         return {"files": dict(self.paths), "num_frames": self.num_frames, "frames_sha256": self._hash.hexdigest()}
 
 
@@ -287,9 +296,9 @@ def run(config: ml_collections.ConfigDict, checkpoint: str, rows: list[tuple[str
     total = num_output_frames(sampler)
     sheet = config.contact_sheet
     records = []
-    with contextlib.ExitStack() as stack:
+    with cli.AtomicFiles() as files, contextlib.ExitStack() as stack:  # files renamed into place after the JSON
         stack.enter_context(contextlib.closing(chunks))
-        sinks = [VideoSink(p, config.fps, total, sheet.max_frames, sheet.columns) for p in paths]
+        sinks = [VideoSink(p, files, config.fps, total, sheet.max_frames, sheet.columns) for p in paths]
         for writer in (w for sink in sinks for w in sink.writers):
             stack.enter_context(writer)  # on an error the files are released unfinished; close() is idempotent
         for chunk in chunks:
@@ -301,36 +310,34 @@ def run(config: ml_collections.ConfigDict, checkpoint: str, rows: list[tuple[str
                             "sample_s": round(chunk.sample_seconds, 4), "decode_s": round(chunk.decode_seconds, 4),
                             "write_s": round(time.perf_counter() - start, 4)})
         videos = [{"index": b, "prompts": list(row), **sink.close()} for b, (sink, row) in enumerate(zip(sinks, rows))]
-
-    record = {
-        "command": list(command),
-        "checkpoint": os.path.abspath(checkpoint),
-        "checkpoint_source": model_config.get("source"),
-        "mode": config.mode,
-        "seed": config.seed,
-        "prompts": [list(row) for row in rows],
-        "negative_prompt": config.negative_prompt,
-        "height": config.resolution,
-        "width": config.resolution,
-        "fps": config.fps,
-        "frames_per_video": total,
-        "config": config.to_dict(),
-        "sampler": {"type": type(sampler).__name__, **dataclasses.asdict(sampler)},
-        "videos": videos,
-        ("clips" if config.mode == "vidrd" else "decode_chunks"): records,
-        "timings": {"setup_s": round(setup_seconds, 4),
-                    "sample_s": round(sum(r["sample_s"] for r in records), 4),
-                    "decode_s": round(sum(r["decode_s"] for r in records), 4),
-                    "write_s": round(sum(r["write_s"] for r in records), 4),
-                    "total_s": round(time.perf_counter() - started, 4)},
-        "jax_version": jax.__version__,
-        "device": str(jax.devices()[0].device_kind),
-    }
-    if config.mode == "codenoise":
-        record["windows"] = {"num_windows": sampler.num_windows, "window_prompts": list(sampler.window_prompts())}
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(record, f, indent=2)
+        record = {
+            "command": list(command),
+            "checkpoint": os.path.abspath(checkpoint),
+            "checkpoint_source": model_config.get("source"),
+            "mode": config.mode,
+            "seed": config.seed,
+            "prompts": [list(row) for row in rows],
+            "negative_prompt": config.negative_prompt,
+            "height": config.resolution,
+            "width": config.resolution,
+            "fps": config.fps,
+            "frames_per_video": total,
+            "config": config.to_dict(),
+            "sampler": {"type": type(sampler).__name__, **dataclasses.asdict(sampler)},
+            "videos": videos,
+            ("clips" if config.mode == "vidrd" else "decode_chunks"): records,
+            "timings": {"setup_s": round(setup_seconds, 4),
+                        "sample_s": round(sum(r["sample_s"] for r in records), 4),
+                        "decode_s": round(sum(r["decode_s"] for r in records), 4),
+                        "write_s": round(sum(r["write_s"] for r in records), 4),
+                        "total_s": round(time.perf_counter() - started, 4)},
+            "jax_version": jax.__version__,
+            "device": str(jax.devices()[0].device_kind),
+        }
+        if config.mode == "codenoise":
+            record["windows"] = {"num_windows": sampler.num_windows, "window_prompts": list(sampler.window_prompts())}
+        with open(files.path(json_path), "w") as f:
+            json.dump(record, f, indent=2)
     return record
 
 
@@ -389,14 +396,7 @@ def _apply_flags(fv) -> ml_collections.ConfigDict:
     return config
 
 
-def _fail(message: Any) -> int:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI on ``argv`` (``argv[0]`` is the program name; default ``sys.argv``); returns the exit status."""
-    argv = list(sys.argv if argv is None else argv)
+def _main(argv: list[str]) -> int:
     try:
         fv = _define_flags(argv)
         if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
@@ -408,22 +408,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = e
         while isinstance(message, BaseException) and message.args:
             message = message.args[0]
-        return _fail(f"--config override of an unknown field: {message}")
+        raise UsageError(f"--config override of an unknown field: {message}") from None
     except Exception as e:  # flag and config-file parsing: a user error, reported without a traceback
-        return _fail(e)
+        raise UsageError(str(e)) from None
     if extra:
-        return _fail(f"unexpected arguments {extra}")
-    try:
-        config = _apply_flags(fv)
-        rows, batched = read_prompts(fv.prompt, fv.batch_prompts_file)
-        record = run(config, fv.checkpoint, rows, fv.out, batched=batched, progress=fv.progress,
-                     command=["python -m vidrd_jax.generate", *argv[1:]])
-    except UsageError as e:
-        return _fail(e)
+        raise UsageError(f"unexpected arguments {extra}")
+    config = _apply_flags(fv)
+    rows, batched = read_prompts(fv.prompt, fv.batch_prompts_file)
+    record = run(config, fv.checkpoint, rows, fv.out, batched=batched, progress=fv.progress,
+                 command=["python -m vidrd_jax.generate", *argv[1:]])
     files = [path for video in record["videos"] for path in video["files"].values()]
     print(f"wrote {len(record['videos'])} video(s) of {record['frames_per_video']} frames: {', '.join(files)}, "
           f"{os.path.splitext(fv.out)[0]}.json ({record['timings']['total_s']:.1f} s)")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI on ``argv`` (``argv[0]`` is the program name; default ``sys.argv``); returns the exit status."""
+    return cli.run_cli(_main, list(sys.argv if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Writes an inference checkpoint of tiny, randomly initialised models, so generation runs without downloads.
 
-    python -m vidrd_jax.make_tiny_checkpoint --out /tmp/vidrd_tiny [--seed 0]
+    python -m vidrd_jax.make_tiny_checkpoint --out /tmp/vidrd_tiny [--seed 0] [--overwrite]
     python -m vidrd_jax.generate --config configs/generate_default.py --checkpoint /tmp/vidrd_tiny \
         --prompt "a red square" --out /tmp/tiny.mp4 --config.resolution=64 --config.num_steps=5
 
@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
-from vidrd_jax import checkpoints
+from vidrd_jax import checkpoints, cli
 from vidrd_jax.diffusion.schedule import NoiseSchedule
 from vidrd_jax.models import factory
 from vidrd_jax.models.text_encoder import CLIPTextConfig
@@ -60,6 +59,7 @@ def make_tiny_checkpoint(out: str, seed: int = 0, *, unet_overrides: Mapping[str
                          text_encoder_overrides: Mapping[str, Any] | None = None) -> str:
     """Draws the three tiny models' parameters from ``seed`` and saves them to ``out``; returns the absolute path.
 
+    ``out`` is replaced as a whole, and only once the checkpoint is complete (``cli.atomic_directory``).
     ``*_overrides`` change fields of the tiny configs (e.g. ``unet_overrides={"block_out_channels": (64, 128)}``);
     the UNet's ``cross_attention_dim`` follows the text encoder's ``hidden_size`` unless overridden.
     """
@@ -71,18 +71,24 @@ def make_tiny_checkpoint(out: str, seed: int = 0, *, unet_overrides: Mapping[str
     params = {kind: random_params(kind, cfg, rng) for kind, cfg in configs.items()}
     model_config: dict[str, Any] = {kind: cfg.to_dict() for kind, cfg in configs.items()}
     model_config.update(tokenizer=None, scheduler=NoiseSchedule.sd21_base().to_dict(), source=f"{SOURCE} seed={seed}")
-    return checkpoints.save_inference_checkpoint(out, params, model_config)
+    with cli.atomic_directory(out) as tmp:
+        checkpoints.save_inference_checkpoint(tmp, params, model_config)
+    return checkpoints.absolute(out)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI; returns the exit status (bad arguments: one ``error: ...`` line and 2)."""
+    return cli.run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vidrd_jax.make_tiny_checkpoint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     parser.add_argument("--seed", type=int, default=0, help="parameter seed")
     args = parser.parse_args(argv)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        print(f"error: --out {args.out!r} exists and is not a directory", file=sys.stderr)
-        return 2
+    cli.check_output_dir(args.out, "--out", overwrite=args.overwrite)
     print(f"wrote {make_tiny_checkpoint(args.out, args.seed)}")
     return 0
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from vidrd_jax import checkpoints
 from vidrd_jax.diffusion import (ClassifierFreeGuidance, CoDenoiseConfig, LongVideoConfig, NoiseSchedule,
@@ -221,6 +222,7 @@ class VideoPipeline:
                 path = os.path.join(checkpoint_dir, path)
             tokenizer = _load_tokenizer(path)
         self.tokenizer = tokenizer
+        self._truncation_reported: set[str] = set()
         self.progress = progress
         self.step_progress = StepProgress() if progress else None
         self.model_fn: Callable[..., jax.Array] = UNetDenoiser(self.configs["unet"], self.step_progress)
@@ -257,12 +259,22 @@ class VideoPipeline:
     def encode_prompts(self, prompts: Sequence[str]) -> jax.Array:
         """Prompt embeddings ``[P, 77, D]`` (text encoder's last hidden state, SD's conditioning c).
 
-        The batch is padded to a power of two, so varying prompt counts reuse a few compiled programs.
+        The batch is padded to a power of two, so varying prompt counts reuse a few compiled programs. A prompt
+        longer than the tokenizer's ``model_max_length`` (77) is cut there, with a warning (once per prompt).
         """
+        self._report_truncation(prompts)
         ids = self.tokenizer.encode(list(prompts))
         count = len(ids)
         padded = np.concatenate([ids, np.repeat(ids[:1], (1 << (count - 1).bit_length()) - count, axis=0)])
         return _encode_text(self.configs["text_encoder"], self.params["text_encoder"], jnp.asarray(padded))[:count]
+
+    def _report_truncation(self, prompts: Sequence[str]) -> None:
+        limit = self.tokenizer.model_max_length
+        for prompt, count in zip(prompts, self.tokenizer.token_counts(list(prompts))):
+            if count > limit and prompt not in self._truncation_reported:
+                self._truncation_reported.add(prompt)
+                logging.warning("prompt %r is %d tokens long (with the start and end tokens); the text encoder reads "
+                                "only the first %d, the rest is ignored", prompt, count, limit)
 
     def encode_clip(self, frames: np.ndarray) -> jax.Array:
         """uint8 frames ``[B, F, H, W, 3]`` -> scaled posterior-mean latents ``[B, F, h, w, C]`` (the inverse of

@@ -6,18 +6,17 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
 
+from vidrd_jax import cli
 from vidrd_jax.convert import naming
 from vidrd_jax.models import factory
-
-_CONFIG = flags.DEFINE_string("config", "sd21", "sd21, tiny, an inference checkpoint dir or a model_config.json")
-_JSON = flags.DEFINE_string("json", None, "also write the counts to this JSON file")
 
 PRESETS = ("sd21", "tiny")
 
@@ -30,8 +29,20 @@ def model_configs(name: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config: {name!r} is neither a preset {PRESETS} nor a checkpoint/model_config.json")
     with open(path) as f:
-        raw = json.load(f)
-    return {kind: factory.config_from_dict(kind, raw[kind]) for kind in factory.CONFIG_CLASSES}
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config: {path!r} is not JSON ({e})") from None
+    missing = [kind for kind in factory.CONFIG_CLASSES if not isinstance(raw, dict) or kind not in raw]
+    if missing:
+        raise ValueError(f"--config: {path!r} has no model config for {missing}")
+    configs = {}
+    for kind in factory.CONFIG_CLASSES:
+        try:
+            configs[kind] = factory.config_from_dict(kind, raw[kind])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--config: {path!r}: {kind}: {e}") from None
+    return configs
 
 
 def _part_of(kind: str, path: tuple[str, ...]) -> str:
@@ -65,14 +76,23 @@ def format_counts(counts: dict[str, int]) -> str:
     return "\n".join(f"{part:<{width}}  {counts[part]:>15,}" for part in sorted(counts))
 
 
-def main(argv):
-    del argv
-    counts = count_parts(model_configs(_CONFIG.value))
+def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+    """Prints (and with ``--json`` writes) the counts; returns them. Bad input raises (one line via ``run_cli``)."""
+    parser = argparse.ArgumentParser(prog="python -m vidrd_jax.models.summary", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="sd21",
+                        help="sd21, tiny, an inference checkpoint dir or a model_config.json")
+    parser.add_argument("--json", default=None, help="also write the counts to this JSON file")
+    args = parser.parse_args(argv)
+    if args.json:
+        cli.check_output_file(args.json, "--json")
+    counts = count_parts(model_configs(args.config))
     print(format_counts(counts))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if args.json:
+        with cli.atomic_write(args.json) as f:
             json.dump(counts, f, indent=2, sort_keys=True)
+    return counts
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(cli.run_cli(main))

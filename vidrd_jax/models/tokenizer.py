@@ -81,6 +81,11 @@ class Tokenizer:
             truncation=True, return_tensors="np")
         return np.asarray(batch["input_ids"], dtype=np.int32)
 
+    def token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Untruncated length of each prompt's ids (BOS and EOS included); above ``model_max_length`` it is cut."""
+        ids = self.hf_tokenizer([ftfy.fix_text(p) for p in prompts], truncation=False, verbose=False)["input_ids"]
+        return [len(x) for x in ids]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of one id sequence, without special tokens."""
         return self.hf_tokenizer.decode(list(map(int, ids)), skip_special_tokens=True)
