@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "msgpack",
     "tqdm",
     "tensorboardX",
+    "scipy",  # Fréchet distance (FVD)
+    "opencv-python-headless==5.1.0.95",  # optical flow for the dynamic-degree metric
 ]
 
 EXTRAS_REQUIRE = {
@@ -42,6 +44,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["vidrd_jax", "vidrd_jax.*", "data_pipelines", "data_pipelines.*"]),
+    package_data={"vidrd_jax.evaluate": ["ucf101_prompts.txt"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
