@@ -7,7 +7,8 @@
 #       python -m vidrd_jax.train --config configs/sd21_256.py:init_from=/ckpt/sd21_video --workdir /shared/vidrd_256
 #
 # Pre-emption / time limit: SLURM sends SIGTERM 5 minutes before the limit (--signal) and on pre-emption; JAX's
-# pre-emption sync point makes every process save the same step, and --requeue restarts the job from that checkpoint.
+# pre-emption sync point makes every process save the same step and exit with status 75; the job then requeues
+# itself (--requeue) and the next run resumes from that checkpoint. Any other non-zero status fails the job.
 set -euo pipefail
 
 NODES=1 GPUS=8 CPUS=32 TIME="24:00:00" PARTITION="" ACCOUNT="" JOB="vidrd" VENV=".venv" LOGDIR="slurm_logs" DRY=0
@@ -65,7 +66,14 @@ cd $(printf '%q' "$WORKDIR_REPO")
 . $(printf '%q' "$VENV")/bin/activate
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 # One task per node; JAX detects SLURM (coordinator on the first node, process id = task rank).
-srun --kill-on-bad-exit=1 $cmd --config.distributed.mode=on
+status=0
+srun --kill-on-bad-exit=1 $cmd --config.distributed.mode=on || status=\$?
+if [[ \$status -eq 75 ]]; then  # stopped by SIGTERM after saving a checkpoint: run again to resume
+  echo \"pre-empted: checkpoint saved; requeueing job \$SLURM_JOB_ID\"
+  scontrol requeue \"\$SLURM_JOB_ID\" || true
+  exit 0
+fi
+exit \$status
 "
 
 file="$LOGDIR/$JOB.sbatch"

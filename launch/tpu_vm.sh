@@ -104,7 +104,7 @@ logs() {
   run "${GCLOUD[@]}" tpu-vm ssh "$NAME" "${COMMON[@]}" --worker="$WORKER" --command "tail -n 200 -F ~/$LOG"
 }
 
-stop() {  # SIGTERM: the trainer saves a checkpoint at an agreed step and exits
+stop() {  # SIGTERM: the trainer saves a checkpoint at an agreed step and exits with status 75 ('run' again resumes)
   ssh_all "kill -TERM \$(cat ~/$PIDFILE)"
 }
 

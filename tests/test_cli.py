@@ -49,7 +49,7 @@ def tree(directory: Path) -> dict[str, bytes]:
 
 # --- the helpers -------------------------------------------------------------------------------------------------
 
-def test_run_cli_reports_user_errors_in_one_line_and_keeps_bug_tracebacks(capsys):
+def test_run_cli_reports_user_errors_in_one_line_and_keeps_bug_tracebacks(capsys, monkeypatch):
     def raising(error):
         def main(argv):
             raise error
@@ -68,6 +68,9 @@ def test_run_cli_reports_user_errors_in_one_line_and_keeps_bug_tracebacks(capsys
     assert one_error_line(capsys) == "error: named"
     assert cli.run_cli(raising(SystemExit(0)), []) == 0 and cli.run_cli(raising(SystemExit(None)), []) == 0
     assert cli.run_cli(lambda argv: {"records": 3}, []) == 0 and cli.run_cli(lambda argv: 3, []) == 3
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")  # debugging: a ValueError that is a bug keeps its traceback
+    with pytest.raises(ValueError, match="config.seed"):
+        cli.run_cli(raising(user_errors[-1]), [])
 
 
 def test_atomic_files_keep_earlier_outputs_when_interrupted(tmp_path):

@@ -13,6 +13,9 @@ Training checkpoint (written and read by ``vidrd_jax.train``, read by ``vidrd_ja
     WORKDIR/checkpoints/<step>/state/    Orbax PyTree of the TrainState (params, optimizer state, EMA, step, RNG)
     WORKDIR/checkpoints/<step>/data/     Grain iterator state, process_<i>-of-<n>.json
     WORKDIR/checkpoints/<step>/config/   the run's ml_collections config as JSON
+
+Given anything else where an inference checkpoint is expected (a file, a training workdir or one of its checkpoint
+directories), the loaders say what it is and, for training checkpoints, the ``export`` command that converts them.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from etils import epath
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+TRAIN_CHECKPOINT_DIR = "checkpoints"  # WORKDIR/checkpoints/<step>/...
 
 
 def absolute(path: str) -> str:
@@ -47,12 +51,37 @@ def save_inference_checkpoint(directory: str, params: Mapping[str, Any], model_c
     return directory
 
 
+def training_workdir(directory: str) -> str | None:
+    """The training workdir that ``directory`` is or lies in (``WORKDIR``, ``WORKDIR/checkpoints`` or
+    ``WORKDIR/checkpoints/<step>``), else ``None``."""
+    root = epath.Path(absolute(directory))
+    if (root / TRAIN_CHECKPOINT_DIR).is_dir():
+        return str(root)
+    if (root / STATE_ITEM).is_dir() and root.name.isdigit():
+        return str(root.parent.parent)
+    if root.is_dir() and any(p.name.isdigit() and (p / STATE_ITEM).is_dir() for p in root.iterdir()):
+        return str(root.parent)
+    return None
+
+
 def load_model_config(directory: str) -> dict[str, Any]:
-    """Reads ``model_config.json``; a clear error if ``directory`` is not an inference checkpoint."""
-    path = epath.Path(absolute(directory)) / MODEL_CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory!r} is not a vidrd_jax inference checkpoint: {MODEL_CONFIG_FILE} not found")
-    return json.loads(path.read_text())
+    """Reads ``model_config.json``; if ``directory`` is not an inference checkpoint, a ``FileNotFoundError`` that
+    says what it is instead (missing, a file, a training workdir: with the ``export`` command to run first)."""
+    root = epath.Path(absolute(directory))
+    path = root / MODEL_CONFIG_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    if not root.exists():
+        raise FileNotFoundError(f"{directory!r} does not exist")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{directory!r} is a file, not an inference checkpoint directory "
+                                f"({MODEL_CONFIG_FILE} + {PARAMS_DIR}/)")
+    workdir = training_workdir(directory)
+    if workdir is not None:
+        raise FileNotFoundError(f"{directory!r} is a training checkpoint, not an inference checkpoint: convert it "
+                                f"first with `python -m vidrd_jax.export --workdir {workdir} --out OUT` (add --ema "
+                                f"for the EMA weights) and pass OUT")
+    raise FileNotFoundError(f"{directory!r} is not a vidrd_jax inference checkpoint: {MODEL_CONFIG_FILE} not found")
 
 
 def load_inference_checkpoint(directory: str, abstract_params: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -65,6 +94,11 @@ def load_inference_checkpoint(directory: str, abstract_params: Any = None) -> tu
     params = checkpointer.restore(params_dir, abstract_params) if abstract_params is not None \
         else checkpointer.restore(params_dir)
     return params, model_config
+
+
+def _listing(kind: str, paths: list[str], limit: int = 10) -> str:
+    """``"3 misshaped: a, b, c"`` (at most ``limit`` paths, then ``…``)."""
+    return f"{len(paths)} {kind}: {', '.join(paths[:limit])}{' …' if len(paths) > limit else ''}"
 
 
 # --- initialising training from an inference checkpoint ----------------------------------------------------------
@@ -93,10 +127,9 @@ def load_pretrained_params(directory: str, target: Mapping[str, Any], allow_miss
                        for p in stored.keys() & wanted.keys() if tuple(stored[p].shape) != tuple(wanted[p].shape))
     rx = re.compile(allow_missing) if allow_missing else None
     disallowed = [p for p in missing if rx is None or not rx.search(p)]
-    problems = [f"{len(v)} {k}: {', '.join(v[:10])}{' …' if len(v) > 10 else ''}"
-                for k, v in (("unexpected", unexpected), ("missing (not matching allow_missing="
-                                                          f"{allow_missing!r})", disallowed), ("misshaped", misshaped))
-                if v]
+    problems = [_listing(k, v) for k, v in (("unexpected", unexpected), ("missing (not matching allow_missing="
+                                                                         f"{allow_missing!r})", disallowed),
+                                            ("misshaped", misshaped)) if v]
     if problems:
         raise ValueError(f"{directory!r} does not fit the model being trained: " + "; ".join(problems))
     subset = unflatten({p: wanted[p] for p in stored})
@@ -109,6 +142,42 @@ def load_pretrained_params(directory: str, target: Mapping[str, Any], allow_miss
 # --- train-state checkpoints -------------------------------------------------------------------------------------
 
 STATE_ITEM, DATA_ITEM, CONFIG_ITEM = "state", "data", "config"
+_STATE_ORDER = ("trainable", "frozen", "ema", "opt_state")  # parameters first when listing differences
+
+
+class StateMismatchError(ValueError):
+    """A training checkpoint whose arrays do not fit the train state being restored; the message names them."""
+
+
+def array_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{"trainable/unet/conv_in/kernel": shape}`` for every array leaf of a (possibly abstract) train state or of
+    an Orbax metadata tree: dataclass fields, dict keys, list indices and named-tuple fields name the path."""
+    name = lambda k: str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))  # noqa: E731
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(map(name, path)): tuple(x.shape) for path, x in leaves if hasattr(x, "shape")}
+
+
+def state_differences(stored: Mapping[str, tuple[int, ...]], wanted: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """What keeps ``stored`` (checkpoint) shapes from restoring onto ``wanted`` (model) ones:
+    ``["2 misshaped: trainable/a: checkpoint (3,) vs model (4,), …", "1 missing from the checkpoint: …"]``.
+
+    If parameters (``trainable/``, ``frozen/``) differ, only they are listed: EMA and optimizer state follow them.
+    """
+    def order(path: str) -> tuple[int, str]:
+        top = path.split("/", 1)[0]
+        return (_STATE_ORDER.index(top) if top in _STATE_ORDER else len(_STATE_ORDER), path)
+
+    is_param = lambda path: path.split("/", 1)[0] in _STATE_ORDER[:2]  # noqa: E731
+    params = ({p: s for p, s in stored.items() if is_param(p)}, {p: s for p, s in wanted.items() if is_param(p)})
+    if params[0] != params[1]:
+        stored, wanted = params
+    misshaped = [f"{p}: checkpoint {stored[p]} vs model {wanted[p]}"
+                 for p in sorted(stored.keys() & wanted.keys(), key=order) if stored[p] != wanted[p]]
+    missing = sorted(wanted.keys() - stored.keys(), key=order)
+    unexpected = sorted(stored.keys() - wanted.keys(), key=order)
+    return [_listing(kind, paths) for kind, paths in (("misshaped", misshaped), ("missing from the checkpoint",
+                                                                                   missing),
+                                                       ("not in the model", unexpected)) if paths]
 
 
 class TrainCheckpointer:
@@ -155,8 +224,15 @@ class TrainCheckpointer:
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict[str, Any]]:
         """Restores checkpoint ``step`` onto ``abstract_state`` 's shardings; moves ``data_iterator`` in place.
 
-        Returns ``(state, config_dict)``.
+        Returns ``(state, config_dict)``. Raises :class:`StateMismatchError` naming every array whose path or shape
+        differs (a changed model, trainable set or optimizer) before Orbax reads anything.
         """
+        stored = array_shapes(ocp.PyTreeCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / STATE_ITEM).tree)
+        problems = state_differences(stored, array_shapes(abstract_state))
+        if problems:
+            raise StateMismatchError(f"checkpoint {step} in {self.directory!r} does not fit the train state of this "
+                                     f"config: {'; '.join(problems)}")
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardRestore(abstract_state),
             DATA_ITEM: self._grain.checkpoint.CheckpointRestore(data_iterator),

@@ -26,6 +26,7 @@ import tempfile
 from typing import IO, Any, Callable, Iterator, Sequence
 
 EXIT_USAGE = 2
+TRACEBACK_ENV = "VIDRD_TRACEBACK"  # set to 1: user errors propagate with their traceback (debugging)
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, ImportError)
 
 
@@ -47,7 +48,8 @@ def run_cli(main: Callable[[Any], Any], argv: Sequence[str] | None = None, *,
 
     An int result is the status, anything else means 0; ``SystemExit`` (argparse's ``--help`` 0, usage error 2)
     keeps its code. :class:`UsageError`, :data:`USER_ERRORS` and ``errors`` print :func:`error_line` to stderr and
-    give :data:`EXIT_USAGE`; any other exception propagates with its traceback.
+    give :data:`EXIT_USAGE` (with ``VIDRD_TRACEBACK=1`` in the environment they propagate with their traceback, for
+    a ``ValueError`` that is a bug rather than bad input); any other exception propagates with its traceback.
     """
     try:
         result = main(argv)
@@ -57,6 +59,8 @@ def run_cli(main: Callable[[Any], Any], argv: Sequence[str] | None = None, *,
         print(error_line(str(e.code).removeprefix("error: ")), file=sys.stderr)  # SystemExit("message")
         return EXIT_USAGE
     except (UsageError, *USER_ERRORS, *errors) as e:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
         print(error_line(e), file=sys.stderr)
         return EXIT_USAGE
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -14,18 +14,30 @@ One loop for every task (``vidrd_jax.tasks``), in big_vision-style sections:
 5. step: micro-batches (``lax.scan``) -> mean gradient of the trainable leaves -> non-finite guard -> optax -> EMA;
    jitted with explicit in/out shardings, the state donated; a fresh run compiles it while the state is created.
 6. checkpoints (Orbax, async) every ``checkpoint.every_steps``, at the end and on SIGTERM; a restart with the same
-   workdir resumes from the latest complete checkpoint, bit for bit (state, RNG, data position).
-7. metrics to TensorBoard + ``metrics.jsonl``, tqdm progress; every ``config.sample.every_steps`` and after the last
-   step, the task's evaluation of the EMA weights (``eval/…`` metrics) and preview samples.
+   workdir resumes from the latest complete checkpoint, bit for bit (state, RNG, data position). A checkpoint that
+   does not fit the config's train state, or a ``total_steps`` below its step, is an error naming what differs.
+7. metrics to TensorBoard + ``metrics.jsonl`` (one record per step across restarts), tqdm progress; every
+   ``config.sample.every_steps`` and after the last step, the task's evaluation of the EMA weights (``eval/…``
+   metrics) and preview samples.
+
+Exit status: 0 when ``total_steps`` is reached; 75 (``EX_TEMPFAIL``) after a SIGTERM (pre-emption): the checkpoint
+of the step it stopped at is saved, rerun the same command to resume; 2 with one ``error: ...`` line for a bad flag,
+config field, config file, workdir or checkpoint; 1 with a traceback for anything else.
+
+Logging: absl's ``--verbosity`` (default 0: INFO; -1: warnings only). Orbax's ~50 INFO lines per checkpoint save
+are hidden unless ``--verbosity=1`` (which also shows every library's debug lines).
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
+import logging as std_logging
 import os
 import signal
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -41,14 +53,15 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vidrd_jax import checkpoints, parallel
+from vidrd_jax import checkpoints, cli, parallel
 from vidrd_jax import metrics as metrics_lib
 from vidrd_jax import train_state as ts
 from vidrd_jax.tasks import Task, get_task_class
 from vidrd_jax.train_config import validate_config, validate_optimizer
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = checkpoints.TRAIN_CHECKPOINT_DIR
 SAMPLES_DIR = "samples"
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by SIGTERM after saving a checkpoint; rerun to resume
 # Config fields that may differ between a checkpoint and the run resuming it without a warning.
 _RESUMABLE_CHANGES = ("total_steps", "log_every_steps", "progress_bar", "compilation_cache_dir", "checkpoint", "sample",
                       "distributed")
@@ -232,6 +245,14 @@ def build_trainer(config: ml_collections.ConfigDict, devices: list[jax.Device] |
                    abstract_state=abstract)
 
 
+class Preempted(Exception):
+    """Training stopped at ``step`` on a pre-emption notice (SIGTERM), after the checkpoint of that step was saved."""
+
+    def __init__(self, step: int):
+        super().__init__(f"pre-empted at step {step}: its checkpoint is saved; rerun the same command to resume")
+        self.step = step
+
+
 class PreemptionWatcher:
     """Turns SIGTERM (pre-emption notice) into "save now and stop" at an agreed step.
 
@@ -263,11 +284,10 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
 
 
-def _warn_config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
-    if changed:
-        logging.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
+def _config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Top-level config fields that differ from the checkpoint's, beyond those a resumed run may change."""
+    return sorted(k for k in set(saved) | set(current)
+                  if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k))
 
 
 def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -316,26 +336,56 @@ def make_data_iterator(config: ml_collections.ConfigDict, shard: parallel.DataSh
                                         process_count=shard.count, seed=config.seed)
 
 
+def _check_workdir(workdir: str) -> None:
+    if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+        raise cli.UsageError(f"--workdir {workdir!r} is a file, not a directory")
+
+
+def _restore(trainer: Trainer, ckpt: checkpoints.TrainCheckpointer, step: int, iterator: Iterator,
+             config_json: dict[str, Any]) -> ts.TrainState:
+    """Checkpoint ``step`` onto the trainer's shardings; a checkpoint that does not fit is a :class:`cli.UsageError`
+    naming the differing arrays and the config fields changed since it was saved."""
+    changed = _config_changes(ckpt.read_config(step), config_json)
+    try:
+        state, _ = ckpt.restore(step, trainer.abstract_state, iterator)
+    except checkpoints.StateMismatchError as e:
+        hint = f"config fields changed since: {', '.join(changed)}; " if changed else ""
+        raise cli.UsageError(f"cannot resume: {e} ({hint}resume with the checkpoint's config, or start a new "
+                             f"--workdir)") from None
+    if changed:
+        logging.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
+    return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
-    """Trains until ``config.total_steps`` (or SIGTERM), resuming from ``workdir`` 's latest checkpoint."""
+    """Trains until ``config.total_steps``, resuming from ``workdir`` 's latest checkpoint.
+
+    Raises :class:`Preempted` after saving the checkpoint of the step a SIGTERM stopped it at.
+    """
     validate_config(config)
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     process_index, _ = parallel.initialize_distributed(config.distributed)
     workdir = checkpoints.absolute(workdir)
-    trainer = build_trainer(config)
-    task = trainer.task
-    shard = trainer.data_shard()
-    iterator = make_data_iterator(config, shard)
-    ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.checkpoint.keep,
-                                         async_save=config.checkpoint.async_save)
+    _check_workdir(workdir)
     config_json = _config_json(config)
-    writer = metrics_lib.MetricWriter(workdir, enabled=process_index == 0)
-    watcher = PreemptionWatcher()
-    try:
+    with contextlib.ExitStack() as stack:
+        ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.checkpoint.keep,
+                                             async_save=config.checkpoint.async_save)
+        stack.callback(ckpt.close)
+        latest = ckpt.latest_step()
+        if latest is not None and latest > config.total_steps:
+            raise cli.UsageError(f"config.total_steps={config.total_steps} is below step {latest} of the latest "
+                                 f"checkpoint in {ckpt.directory!r}: raise total_steps to train on, export that "
+                                 f"checkpoint as it is, or start a new --workdir")
+        trainer = build_trainer(config)
+        task = trainer.task
+        iterator = make_data_iterator(config, trainer.data_shard())
+        stack.callback(iterator.close)
+        watcher = PreemptionWatcher()
+        stack.callback(watcher.close)
         with parallel.activation_rules_context(trainer.mesh, trainer.rules):
-            latest = ckpt.latest_step()
             first_batch, step_fn = None, None
             if latest is None:
                 # The first batch fixes the step's input shapes, so the step compiles in a thread while the state is
@@ -351,26 +401,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
                     pool.shutdown(wait=False)
                 logging.info("initialised a new run in %s", workdir)
             else:
-                state, saved_config = ckpt.restore(latest, trainer.abstract_state, iterator)
-                _warn_config_changes(saved_config, config_json)
+                state = _restore(trainer, ckpt, latest, iterator, config_json)
                 logging.info("resumed from %s at step %d", ckpt.directory, latest)
-            state = _train_loop(trainer, state, iterator, ckpt, writer, watcher, workdir, config_json, first_batch,
-                                step_fn)
+            # Opened once the state fits: drops the records of steps after the checkpoint (a killed run logged them).
+            writer = metrics_lib.MetricWriter(workdir, enabled=process_index == 0, start_step=latest or 0)
+            stack.callback(writer.close)
+            state, preempted = _train_loop(trainer, state, iterator, ckpt, writer, watcher, workdir, config_json,
+                                           first_batch, step_fn)
         ckpt.wait()
-    finally:
-        iterator.close()
-        watcher.close()
-        ckpt.close()
-        writer.close()
+        if preempted:
+            raise Preempted(int(jax.device_get(state.step)))
     return state
 
 
 def _train_loop(trainer: Trainer, state: ts.TrainState, iterator: Iterator, ckpt: checkpoints.TrainCheckpointer,
                 writer: metrics_lib.MetricWriter, watcher: PreemptionWatcher, workdir: str,
                 config_json: dict[str, Any], first_batch: dict[str, jax.Array] | None = None,
-                step_fn: Callable | None = None) -> ts.TrainState:
-    """Steps until ``config.total_steps``; ``first_batch`` (already read from ``iterator``) and ``step_fn``
-    (compiled for it) come from a fresh start, otherwise the step is compiled for the first batch read here."""
+                step_fn: Callable | None = None) -> tuple[ts.TrainState, bool]:
+    """Steps until ``config.total_steps`` or a pre-emption; returns ``(state, preempted)``. ``first_batch``
+    (already read from ``iterator``) and ``step_fn`` (compiled for it) come from a fresh start, otherwise the step is
+    compiled for the first batch read here."""
     from tqdm import tqdm  # deferred: only the loop needs it
 
     config, task = trainer.config, trainer.task
@@ -380,6 +430,7 @@ def _train_loop(trainer: Trainer, state: ts.TrainState, iterator: Iterator, ckpt
                     desc="train", dynamic_ncols=True)
     pending, interval_start, interval_steps, first = [], time.perf_counter(), 0, True
     sample_every = config.sample.every_steps if "sample" in config else 0
+    preempted = False
     while step < config.total_steps:
         if first_batch is not None:
             batch, first_batch = first_batch, None
@@ -428,32 +479,126 @@ def _train_loop(trainer: Trainer, state: ts.TrainState, iterator: Iterator, ckpt
             logging.warning("stopping at step %d after the pre-emption checkpoint", step)
             break
     progress.close()
-    return state
+    return state, preempted
 
 
-def main() -> None:
-    """Command-line entry point (flags are defined here so that importing this module defines none)."""
-    from absl import app, flags
+_HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
+
+
+class _HideOrbaxInfo(std_logging.Filter):
+    """Drops Orbax's INFO lines (about 50 per checkpoint save) unless absl's ``--verbosity`` is 1 or more."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return (record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+                or logging.get_verbosity() >= 1)
+
+
+_HIDE_ORBAX_INFO = _HideOrbaxInfo()
+
+
+def _define_flags(argv: Sequence[str]) -> Any:
+    """A fresh absl ``FlagValues`` with ``--config`` (+ its ``--config.a.b=v`` overrides) and ``--workdir``; absl's
+    own flags (``--verbosity`` …) stay in ``absl.flags.FLAGS``. Fresh, so :func:`main` can run many times."""
+    from absl import flags
     from ml_collections import config_flags
 
-    config_flag = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).",
-                                                  lock_config=True)
-    workdir_flag = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-    flags.mark_flags_as_required(["config", "workdir"])
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "Config file, configs/*.py[:arg]; override fields with "
+                                    "--config.a.b=v.", flag_values=fv, lock_config=True, sys_argv=list(argv))
+    flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, metrics and samples.",
+                        flag_values=fv)
+    return fv
 
-    def run(argv: list[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        from vidrd_jax import stages
 
-        config = config_flag.value
+def _last_line(error: BaseException) -> str:
+    """The last line of an error's message (config-file errors carry a whole traceback or attempt list)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def parse_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
+    """``(config, workdir)`` from ``argv`` (absl's flags, e.g. ``--verbosity``, are parsed into ``FLAGS``); raises
+    :class:`cli.UsageError` naming the flag, config field or config file at fault."""
+    from absl import flags
+
+    fv = _define_flags(argv)
+    try:
+        rest = fv(list(argv), known_only=True)
+    except (KeyError, AttributeError) as e:  # --config.a.b=v naming a field the config does not have
+        key = e
+        while isinstance(key, BaseException) and key.args:
+            key = key.args[0]
+        key = str(key).strip("'\"")
+        named = [a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
+                 a.split("=", 1)[0].rsplit(".", 1)[-1] == key]
+        raise cli.UsageError(f"{named[0] if named else '--config.' + key}: the config has no field {key!r} (it is "
+                             f"locked: check the spelling)") from None
+    except OSError as e:  # an override of a config file that failed to load
+        raise cli.UsageError(f"--config: {_last_line(e)}") from None
+    except flags.Error as e:  # a bad flag value; an error raised by get_config() ends its traceback
+        first = str(e).splitlines()[0].rstrip(":")
+        last = _last_line(e)
+        raise cli.UsageError(first if first == last else f"{first}: {last}") from None
+    if fv.config is None:
+        raise cli.UsageError("--config is required: a config file, configs/*.py[:arg]")
+    if not fv.workdir:
+        raise cli.UsageError("--workdir is required: the run's directory (checkpoints, metrics, samples)")
+    if not isinstance(fv.config, ml_collections.ConfigDict):
+        try:
+            fv.config.lock()  # a config file that failed to load raises its error on first use
+        except OSError as e:
+            raise cli.UsageError(f"--config: {_last_line(e)}") from None
+        raise cli.UsageError(f"--config: get_config() must return an ml_collections.ConfigDict, got "
+                             f"{type(fv.config).__name__}")
+    try:
+        rest = flags.FLAGS(rest)
+    except flags.Error as e:
+        raise cli.UsageError(str(e)) from None
+    if len(rest) > 1:
+        raise cli.UsageError(f"unexpected arguments {rest[1:]}")
+    return fv.config, fv.workdir
+
+
+def _setup_logging() -> None:
+    """What ``absl.app.run`` does for logging (absl's handler, INFO unless ``--verbosity`` says otherwise), minus
+    Orbax's per-save INFO lines."""
+    from absl import flags
+
+    if flags.FLAGS["verbosity"].using_default_value:
+        flags.FLAGS.verbosity = 0
+    logging.use_absl_handler()
+    logging.get_absl_logger().addFilter(_HIDE_ORBAX_INFO)
+
+
+def _run(argv: Sequence[str]) -> int:
+    from vidrd_jax import stages
+
+    config, workdir = parse_args(argv)
+    _setup_logging()
+    try:
         if stages.is_staged(config):  # a staged config (configs/demo.py): every stage, each resuming
-            stages.run_stages(config, workdir_flag.value)
+            stages.run_stages(config, workdir)
         else:
-            train_and_evaluate(config, workdir_flag.value)
+            train_and_evaluate(config, workdir)
+    except Preempted as e:
+        logging.warning("%s (exit status %d)", e, EXIT_PREEMPTED)
+        return EXIT_PREEMPTED
+    return 0
 
-    app.run(run)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the trainer on ``argv`` (``argv[0]`` is the program name; default ``sys.argv``); returns the exit status
+    (module docstring)."""
+    argv = list(sys.argv if argv is None else argv)
+    if any(a in _HELP_FLAGS for a in argv[1:]):
+        from absl import flags
+
+        print(__doc__)
+        print(_define_flags(argv).get_help())
+        print(flags.FLAGS.get_help() if "--helpfull" in argv else "absl's flags (--verbosity, ...): --helpfull")
+        return 0
+    return cli.run_cli(_run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
