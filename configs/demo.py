@@ -20,12 +20,8 @@ Stages (``vidrd_jax.stages``; each resumes from its checkpoints, a finished one 
 ``WORKDIR/summary.json`` says where everything is. Argument ``test`` shrinks the steps for the end-to-end test
 (``tests/test_demo.py``). Any field can be overridden, e.g. ``--config.unet.config.total_steps=4000``.
 
-Expected on 2 CPU cores: 16-18 minutes, depending on the hour (BENCHMARKS.md: per-stage times, measured table). The
-autoencoder reaches ~26 dB PSNR on held-out clips. On held-out prompts the final model draws one object of the
-prompt's colour (0.91) moving the prompt's way (1.00, left and right included). DSG + PNS with the reverse mapping
-give the smallest frame change at clip junctions of the four sampler variants, but in every variant each clip
-restarts the object's path (its centroid jumps back at junctions, ~3x an ordinary step): every training path crosses
-half the frame through its centre, so no clip can continue the previous clip's motion.
+Wall time on 2 CPU cores, per-stage times and the measured marks (over training seeds and CPU float paths, with
+``benchmarks/demo_seeds.py``): BENCHMARKS.md, section "End-to-end demo".
 """
 import importlib.util
 import os
@@ -44,9 +40,9 @@ _spec.loader.exec_module(generate_default)
 
 RESOLUTION = 32
 FRAMES = 4  # keyframes per training clip = frames per generated clip (N)
-# The shapes' motion: each path spans half the frame through its centre line. With the default ranges (paths of
-# 25-45 % anywhere in the frame) knowing the direction barely narrows where the object is (1.2 % of the latents'
-# variance at t = T, vs 7 % for the colour), and the UNet never used the direction word at this compute.
+# The shapes' motion: each path spans half the frame through its centre line, so the direction word tells where
+# the object is at every frame (with paths of 25-45 % anywhere in the frame it explains ~1 % of the latents'
+# variance at t = T, too little for the UNet to learn at this compute).
 MOTION = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
 
 
@@ -104,10 +100,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stages = ("autoencoder", "unet", "baseline", "temporal_vae", "long_video", "co_denoise", "evaluate")
 
-    # Batch 16: at batch 8 the objects' colours (a few percent of the pixels) come back wrong in ~90 % of freshly
-    # rendered clips after 500 steps (green washes out to gray, yellow turns orange), 35 % at batch 16. The
-    # generator's colour follows the autoencoder's: in one run 420 steps kept 41 % of held-out clips' colour and
-    # the generator drew the prompt's colour in 31 % of videos; at 500 steps two runs kept 66-75 % and drew 88 %.
+    # Batch 16 x 500 steps: the objects are a few percent of the pixels, and a smaller budget loses their colour
+    # (green washes out to gray, yellow turns orange); the generator's colour can be no better than the autoencoder's.
     ae = _trainer("autoencoder", 150 if test else 500, 8 if test else 16, 1e-3)
     ae.data = _data(2, 0.2)
     ae.model.vae.update(VAE)
@@ -132,9 +126,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     unet.model.scheduler.update(dict(prediction_type="v_prediction", rescale_betas_zero_snr=True,
                                      timestep_spacing="trailing"))
     # Logit-normal timesteps (SD3's sampler, shifted to noisy steps): 31 % of clips at t >= 850 instead of 15 %,
-    # 8 % at t < 250 instead of 25 %. Which way the object moves is decided only at the noisiest steps; with uniform
-    # timesteps the sign was learned abruptly or not at all in 540 steps (held-out caption swap +3 % to +32 % loss
-    # at t = 900), with these +443 % and every held-out video moves the right way (BENCHMARKS.md, session 6).
+    # 8 % at t < 250 instead of 25 %. Which way the object moves is decided only at the noisiest steps, which
+    # uniform timesteps visit too rarely for the sign to be learned in 540 steps.
     unet.timestep_logit_normal = (1.0, 1.5)
     unet.ema.decay = 0.99
     c.unet = _stage("train", unet, export=dict(ema=True, dtype="float32"))
@@ -145,7 +138,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         baseline.total_steps = 20
     c.baseline = _stage("train", baseline, export=dict(ema=True, dtype="float32"))
 
-    # Test size: 40 steps at 5e-3 lower the flicker as much as 60 at 3e-3 (30 do not: sample flicker +0.0002).
+    # Test size: 40 steps at 5e-3 (fewer steps do not lower the posterior samples' flicker reliably).
     tvae = _trainer("vae_temporal", 40 if test else 70, 4, 5e-3 if test else 3e-3)
     tvae.data = _data(8, 0.0)
     tvae.model.update(init_from="{export:unet}")

@@ -62,6 +62,17 @@ def test_empty_frames_count_as_failures():
     scores = ev.score_videos(gray, builtin.heldout_combos(0.2, 0)[:2], 4, THRESHOLD)
     assert scores["colour_accuracy"] == 0.0 and scores["direction_accuracy"] == 0.0
     assert np.isnan(scores["jump_ratio"])  # no object, no centroid to follow
+    # The harness's generic metrics: a still video is perfectly smooth and not dynamic at all.
+    assert scores["temporal_flickering"] == 1.0 and scores["dynamic_degree"] == 0.0
+
+
+def test_moving_objects_are_dynamic():
+    combo = builtin.heldout_combos(0.2, 0)[0]
+    # the demo's size: 32² px, an object crossing half the frame in 8 frames (~2 px per frame)
+    video = builtin.render_clip(*combo, num_frames=8, height=32, seed=3, travel_range=(0.5, 0.55),
+                                lateral_spread=0.0)[None]
+    scores = ev.score_videos(video, [combo], 4, THRESHOLD)
+    assert scores["dynamic_degree"] == 1.0 and 0.9 < scores["temporal_flickering"] < 1.0
 
 
 def test_config_errors_name_the_field():

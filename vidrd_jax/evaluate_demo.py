@@ -20,7 +20,10 @@ and scored on the decoded frames:
   -> first frame of clip i+1) vs inside clips, and their ratio ``junction_ratio``; and how far the object's centroid
   moves at junctions vs inside clips (``junction_jump`` / ``inside_step`` pixels, ``jump_ratio``): a small object
   that jumps back to its start changes as many pixels as one that takes an ordinary step, so only the second
-  measure sees the jump.
+  measure sees the jump;
+* the evaluation harness's generic metrics (:mod:`vidrd_jax.evaluate.long_video_metrics`, which also computes the
+  junction change): VBench-style ``temporal_flickering`` and ``dynamic_degree`` (OpenCV optical flow), so a still
+  video's perfect smoothness shows as dynamic degree 0.
 
 Variants (paper §5.4's ablation on our data): ``frame_mapping`` reverse vs forward, and DSG + PNS on (``dsg_beta``,
 ``pns_alpha``) vs off (β = 0, α = 0: the prompt frames are reused but neither guided nor mixed). The baseline runs the
@@ -46,6 +49,7 @@ import numpy as np
 
 from data_pipelines import builtin
 from vidrd_jax import cli
+from vidrd_jax.evaluate import long_video_metrics
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "reverse_dsg_pns": dict(frame_mapping="reverse"),
@@ -180,14 +184,6 @@ def direction_scores(displacement: np.ndarray | None, direction: str) -> tuple[b
     return bool(along > 0 and along > across), bool(along > 0), bool(abs(along) > across)
 
 
-def frame_changes(video: np.ndarray, clip_starts: Sequence[int]) -> tuple[float, float]:
-    """Mean |frame_{t+1} - frame_t| (``[0, 1]`` scale) at clip junctions (t+1 in ``clip_starts``) and elsewhere."""
-    diffs = np.abs(np.diff(video.astype(np.float32) / 255.0, axis=0)).mean(axis=(1, 2, 3))
-    junction = np.zeros(len(diffs), bool)
-    junction[[s - 1 for s in clip_starts if 0 < s <= len(diffs)]] = True
-    return float(diffs[junction].mean()), float(diffs[~junction].mean())
-
-
 def centroid_steps(points: Sequence[np.ndarray | None], clip_starts: Sequence[int]) -> tuple[float, float]:
     """Mean distance in pixels the object's centroid moves at clip junctions (t+1 in ``clip_starts``) and between
     the other consecutive frames (``points``: :func:`centroids` of a video); pairs with an empty frame are skipped
@@ -204,6 +200,7 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
                  ) -> dict[str, float]:
     """Metrics of uint8 long videos ``[B, T, H, W, 3]`` (clips of ``clip_frames`` frames) for their combos."""
     colour, direction, sign, axis, junction, inside, jumps, steps = [], [], [], [], [], [], [], []
+    flickering, dynamic = [], []
     starts = list(range(clip_frames, videos.shape[1], clip_frames))
     for video, (c, _, d) in zip(videos, combos):
         masks = object_masks(video, threshold)
@@ -213,9 +210,11 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
         direction.append(four_way)
         sign.append(signed)
         axis.append(on_axis)
-        j, i = frame_changes(video, starts)
-        junction.append(j)
-        inside.append(i)
+        change = long_video_metrics.junction_change(video, starts)
+        junction.append(change.junction_change)
+        inside.append(change.inside_change)
+        flickering.append(long_video_metrics.temporal_flickering(video))
+        dynamic.append(long_video_metrics.dynamic_degree(video).dynamic)
         jump, step = centroid_steps(points, starts)
         jumps.append(jump)
         steps.append(step)
@@ -228,6 +227,7 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
             "junction_change": junction_change,
             "inside_change": inside_change, "junction_ratio": junction_change / max(inside_change, 1e-8),
             "junction_jump": jump, "inside_step": step, "jump_ratio": jump / max(step, 1e-8),
+            "temporal_flickering": float(np.mean(flickering)), "dynamic_degree": float(np.mean(dynamic)),
             "num_videos": len(combos)}
 
 
@@ -303,7 +303,8 @@ def passes(results: dict[str, Any], thresholds: ml_collections.ConfigDict) -> di
 def format_table(results: dict[str, Any]) -> str:
     """Markdown table: one row per (model, variant)."""
     columns = ("colour_accuracy", "direction_accuracy", "direction_sign_accuracy", "direction_axis_accuracy",
-               "junction_change", "inside_change", "junction_ratio", "jump_ratio")
+               "junction_change", "inside_change", "junction_ratio", "jump_ratio", "temporal_flickering",
+               "dynamic_degree")
     lines = ["| model | variant | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for model in ("model", "baseline"):
         for variant, scores in results.get(model, {}).items():
