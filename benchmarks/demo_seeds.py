@@ -34,7 +34,7 @@ def run_demo(size: str, seed: int, isa: str, workdir: Path) -> dict[str, float]:
             env["XLA_FLAGS"] = f"--xla_cpu_max_isa={isa}"
         arg = ",".join(filter(None, ["test" if size == "test" else "", f"seed={seed}"]))
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vidrd_jax.train", "--config", f"configs/demo.py:{arg}",
+        subprocess.run([sys.executable, "-m", "vidrd_jax.recipes", "--config", f"configs/demo.py:{arg}",
                         "--workdir", str(workdir)], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
         (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
     evaluation = json.loads((workdir / "evaluate" / "evaluation.json").read_text())

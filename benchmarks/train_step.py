@@ -12,7 +12,6 @@ and the chips' peak bf16 FLOP/s.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import resource
 import subprocess
@@ -27,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vidrd_jax import parallel, train  # noqa: E402
+from vidrd_jax.config_loading import load_module  # noqa: E402
 
 # Peak dense bf16 FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {"NVIDIA H200": 989e12, "NVIDIA H100": 989e12, "NVIDIA A100": 312e12, "TPU v5p": 459e12,
@@ -34,10 +34,7 @@ PEAK_FLOPS = {"NVIDIA H200": 989e12, "NVIDIA H100": 989e12, "NVIDIA A100": 312e1
 
 
 def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(REPO / "configs" / f"{name}.py")
 
 
 def _load(name: str):

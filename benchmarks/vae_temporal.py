@@ -17,7 +17,6 @@ the discriminator's clip accuracy over training (from ``metrics.jsonl``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import time
@@ -31,7 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import data_pipelines  # noqa: E402
-from vidrd_jax import checkpoints, export, train  # noqa: E402
+from vidrd_jax import checkpoints, config_loading, export, train  # noqa: E402
 from vidrd_jax import metrics as metrics_lib  # noqa: E402
 from vidrd_jax.models.vae import AutoencoderKL, VAEConfig  # noqa: E402
 from vidrd_jax.tasks.vae_temporal import VAETemporalTask, kl_divergence  # noqa: E402
@@ -41,10 +40,7 @@ KL_WEIGHT = 1e-8  # LDM's 1e-6 on sums over pixels, for a per-pixel mean L1
 
 
 def load_config(arg: str):
-    spec = importlib.util.spec_from_file_location("vae_temporal_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_loading.load_config(f"{CONFIG_FILE}:{arg}")
 
 
 def pretrain(vae_config: VAEConfig, data_config, steps: int, batch_size: int = 4, seed: int = 0):

@@ -1,9 +1,9 @@
 r"""The end-to-end demo: a small VidRD trained from scratch on the built-in data, on CPU, then sampled and measured.
 
-    python -m vidrd_jax.train --config configs/demo.py --workdir workdirs/demo
-    python -m vidrd_jax.evaluate_demo --workdir workdirs/demo          # re-run the evaluation alone
+    python -m vidrd_jax.recipes --config configs/demo.py --workdir workdirs/demo
+    python -m vidrd_jax.recipes.demo_evaluation --workdir workdirs/demo   # re-run the evaluation alone
 
-Stages (``vidrd_jax.stages``; each resumes from its checkpoints, a finished one is skipped on a rerun):
+Stages (``vidrd_jax.recipes.stages``; each resumes from its checkpoints, a finished one is skipped on a rerun):
 
 1. ``autoencoder``: a small AutoencoderKL (SD's architecture, 4 latent channels, 4x downsampling) learns the 32 x 32
    frames of the built-in clips and photo pseudo-videos (``tasks/autoencoder.py``); PSNR on held-out clips is logged.
@@ -14,8 +14,8 @@ Stages (``vidrd_jax.stages``; each resumes from its checkpoints, a finished one 
    (the UNet stage's models with the fine-tuned VAE) is the final model, ``WORKDIR/temporal_vae/export``.
 5. ``long_video`` / ``co_denoise``: ``vidrd_jax.generate`` writes a VidRD long video (4 clips) and a co-denoised
    video with per-window prompts for held-out prompts (mp4 + GIF + PNG contact sheet + JSON record).
-6. ``evaluate``: ``vidrd_jax.evaluate_demo`` (colour / direction accuracy on held-out combinations, junction vs
-   inside-clip smoothness of long videos per sampler variant, the baseline's numbers) -> table + JSON.
+6. ``evaluate``: ``vidrd_jax.recipes.demo_evaluation`` (colour / direction accuracy on held-out combinations,
+   junction vs inside-clip smoothness of long videos per sampler variant, the baseline's numbers) -> table + JSON.
 
 ``WORKDIR/summary.json`` says where everything is. Argument ``test`` shrinks the steps for the end-to-end test
 (``tests/test_demo.py``). Any field can be overridden, e.g. ``--config.unet.config.total_steps=4000``.
@@ -23,20 +23,17 @@ Stages (``vidrd_jax.stages``; each resumes from its checkpoints, a finished one 
 Wall time on 2 CPU cores, per-stage times and the measured marks (over training seeds and CPU float paths, with
 ``benchmarks/demo_seeds.py``): BENCHMARKS.md, section "End-to-end demo".
 """
-import importlib.util
-import os
+from pathlib import Path
 
 import ml_collections
 
 from data_pipelines.builtin import caption_for, heldout_combos
 from data_pipelines.config import source
-from vidrd_jax import evaluate_demo
+from vidrd_jax.config_loading import load_module
+from vidrd_jax.recipes import demo_evaluation
 from vidrd_jax.train_config import base_config
 
-_spec = importlib.util.spec_from_file_location("generate_default", os.path.join(os.path.dirname(__file__),
-                                                                                "generate_default.py"))
-generate_default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(generate_default)
+generate_default = load_module(Path(__file__).with_name("generate_default.py"))
 
 RESOLUTION = 32
 FRAMES = 4  # keyframes per training clip = frames per generated clip (N)
@@ -164,7 +161,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                f"{caption_for(*held[1])} | {caption_for(*held[1])}"]
     c.co_denoise = _stage("generate", _generate("codenoise", windows, "co_denoise.mp4", steps))
 
-    ev = evaluate_demo.get_default_config()
+    ev = demo_evaluation.get_default_config()
     ev.render.update(MOTION)
     ev.update(checkpoint="{export:temporal_vae}", baseline_checkpoint="{export:baseline}", resolution=RESOLUTION,
               num_frames=FRAMES, num_prompt_frames=FRAMES // 2, num_clips=4, num_steps=NUM_STEPS,

@@ -16,18 +16,16 @@ pre-empted slice (SIGTERM -> checkpoint at an agreed step) restarts where it sto
 
 Expected: as sd21_256, with a global batch of 256 clips (4 per chip); steps/s and clips/s are logged.
 """
-import importlib.util
-import os
+from pathlib import Path
 
 import ml_collections
+
+from vidrd_jax.config_loading import load_module
 
 
 def _paper_config(arg: str) -> ml_collections.ConfigDict:
     """``configs/sd21_256.py`` 's config (loaded by path: config files are not a package)."""
-    spec = importlib.util.spec_from_file_location("sd21_256", os.path.join(os.path.dirname(__file__), "sd21_256.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_module(Path(__file__).with_name("sd21_256.py")).get_config(arg)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

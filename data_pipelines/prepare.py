@@ -13,7 +13,6 @@ skipped and counted in ``dataset_info.json``. Read the shards back with a source
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from absl import flags, logging
 
 from data_pipelines import array_record_source, config as config_lib, registry, stats, transforms
 from vidrd_jax import cli
+from vidrd_jax.config_loading import load_config
 
 
 class _EncodeItem:
@@ -88,19 +88,10 @@ def prepare(spec: Mapping[str, Any], sampling: transforms.Sampling, out_dir: str
     return info
 
 
-def _load_python_config(path: str):
-    spec = importlib.util.spec_from_file_location("_prepare_data_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"source-config: {path!r} has no get_config()")
-    return module.get_config()
-
-
 def resolve_source_config(text: str, source_name: str | None) -> tuple[dict, Any]:
     """(source entry, data config or None) from a JSON file / inline JSON / Python config file."""
     if text.endswith(".py"):
-        cfg = _load_python_config(text)
+        cfg = load_config(text)
         cfg = cfg.data if "data" in cfg and "sources" not in cfg else cfg
         names = [s["name"] for s in cfg.sources]
         if source_name is None and len(names) != 1:

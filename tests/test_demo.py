@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ABLATION_MARGIN = 0.1  # junction ratio of every other sampler variant above the main one's
+FLICKER_MARGIN = 7e-4  # fall of the temporal decoder's flicker
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user's machine
     env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run([sys.executable, "-m", "vidrd_jax.train", "--config", "configs/demo.py:test",
+    result = subprocess.run([sys.executable, "-m", "vidrd_jax.recipes", "--config", "configs/demo.py:test",
                              "--workdir", str(workdir)], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -70,9 +72,13 @@ def test_evaluation_table_and_sampler_ablation(demo):
         assert 0.0 <= scores["colour_accuracy"] <= 1.0 and 0.0 <= scores["direction_accuracy"] <= 1.0
     # The paper's ablation (§5.4) on our data: reused, guided prompt frames (DSG + PNS, reverse mapping) make the
     # clip junctions as smooth as the frames inside a clip; without DSG/PNS the junctions jump.
+    # Margins: half the smallest measured over training seeds 0-2 x two float paths (default, AVX2 cap), with
+    # benchmarks/demo_seeds.py --size test (BENCHMARKS.md, "Test size"): main ratio <= 0.27 against the mark of 2,
+    # every other variant at least 0.20 above it.
     assert evaluation["passes"]["junction_ratio"] and main["junction_ratio"] <= 2.0
     for variant in ("forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns"):
-        assert model[variant]["junction_ratio"] > main["junction_ratio"], (variant, model[variant], main)
+        assert model[variant]["junction_ratio"] > main["junction_ratio"] + ABLATION_MARGIN, (variant, model[variant],
+                                                                                             main)
     # The colour / direction pass marks (0.8 / 0.7) are the targets, reported pass/FAIL in the table. The
     # full demo passes both (0.91 / 1.00; BENCHMARKS.md). This test's minute of training reaches neither, so they
     # are not asserted here: its autoencoder keeps the colour of ~6 % of clips (also at 16 x 16 frames or with 8
@@ -84,6 +90,8 @@ def test_evaluation_table_and_sampler_ablation(demo):
 def test_temporal_decoder_lowers_flicker(demo):
     _, summary, _ = demo
     evaluation = summary["stages"]["temporal_vae"]["evaluation"]  # held-out clips, after vs before fine-tuning
+    # Over seeds 0-2 x two float paths flicker fell by at least 0.0015 (mean latents) / 0.0032 (samples) and PSNR
+    # rose; the test asks for half the smallest fall.
     for latents in ("mean", "sample"):
-        assert evaluation[f"{latents}/delta/flicker"] < 0, evaluation
+        assert evaluation[f"{latents}/delta/flicker"] < -FLICKER_MARGIN, evaluation
         assert evaluation[f"{latents}/delta/psnr"] > -0.5, evaluation

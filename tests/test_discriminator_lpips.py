@@ -3,7 +3,6 @@
 LPIPS weights are random tensors written in the documented layouts (torchvision ``vgg16-*.pth`` + the ``lpips``
 package's ``vgg.pth``, and the safetensors equivalents) and checked against a PyTorch re-implementation.
 """
-import importlib.util
 from pathlib import Path
 
 import flax.linen as nn
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from numerics import assert_close
 
 from vidrd_jax import train_config, train_state
+from vidrd_jax.config_loading import load_config
 from vidrd_jax.models import lpips
 from vidrd_jax.models.discriminator import (DiscriminatorConfig, PatchDiscriminator3D, clip_accuracy,
                                             generator_loss, hinge_d_loss)
@@ -156,10 +156,7 @@ def test_hinge_losses_and_accuracy():
 
 
 def test_vae_temporal_task_uses_lpips_as_a_frozen_part_of_the_reconstruction_loss(weights):
-    spec = importlib.util.spec_from_file_location("vae_temporal_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("demo")
+    config = load_config(f"{CONFIG_FILE}:demo")
     config.loss.lpips_dir = weights["safetensors"]
     train_config.validate_config(config)
     task = VAETemporalTask(config)

@@ -6,7 +6,7 @@ import pytest
 
 from data_pipelines import builtin
 from vidrd_jax import cli
-from vidrd_jax import evaluate_demo as ev
+from vidrd_jax.recipes import demo_evaluation as ev
 
 THRESHOLD = ev.get_default_config().saturation_threshold
 

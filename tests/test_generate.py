@@ -5,7 +5,6 @@ Everything runs the real CLI in-process (``generate.main(argv)``) on a tiny rand
 """
 import dataclasses
 import hashlib
-import importlib.util
 import inspect
 import json
 import logging
@@ -22,6 +21,7 @@ from PIL import Image
 
 from vidrd_jax import generate, make_tiny_checkpoint, media
 from vidrd_jax import pipeline as pipeline_lib
+from vidrd_jax.config_loading import load_config
 from vidrd_jax.diffusion import CoDenoiseConfig, LongVideoConfig, NoiseSchedule
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "generate_default.py")
@@ -96,10 +96,7 @@ def vidrd_run(checkpoint, tmp_path_factory):
 
 
 def test_default_config_holds_the_paper_settings():
-    spec = importlib.util.spec_from_file_location("generate_default", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(CONFIG)
     generate.validate_config(config)
     assert (config.num_steps, config.guidance_scale, config.negative_prompt, config.resolution) == \
         (50, 10.0, "watermark", 256)

@@ -1,21 +1,30 @@
-"""Staged configs (``vidrd_jax.stages``): placeholders, validation up front, skipping finished stages."""
+"""Staged configs (``vidrd_jax.recipes``): placeholders, validation up front, skipping finished stages, the two
+commands (a staged config runs with ``python -m vidrd_jax.recipes``, one training job with ``vidrd_jax.train``)."""
+import re
+from pathlib import Path
+
 import ml_collections
 import pytest
 
-from vidrd_jax import checkpoints, stages
+from vidrd_jax import checkpoints, train
+from vidrd_jax.config_loading import load_config
+from vidrd_jax.recipes import __main__ as recipes_main
+from vidrd_jax.recipes import placeholders, stages
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _demo(arg: str = "test") -> ml_collections.ConfigDict:
-    return stages.load_config(f"configs/demo.py:{arg}" if arg else "configs/demo.py")
+    return load_config(f"configs/demo.py:{arg}" if arg else "configs/demo.py")
 
 
 def test_placeholders_resolve_to_earlier_exports(tmp_path):
     config = _demo()
-    resolved = stages.resolve(config.unet.config, str(tmp_path), ("autoencoder",), "unet.config")
+    resolved = placeholders.resolve(config.unet.config, str(tmp_path), ("autoencoder",), "unet.config")
     assert resolved.model.init_from == str(tmp_path / "autoencoder" / "export")
     assert config.unet.config.model.init_from == "{export:autoencoder}"  # the original is untouched
     with pytest.raises(ValueError, match=r"unet\.config\.model\.init_from.*no earlier training stage"):
-        stages.resolve(config.unet.config, str(tmp_path), (), "unet.config")
+        placeholders.resolve(config.unet.config, str(tmp_path), (), "unet.config")
 
 
 def test_whole_demo_validates_before_anything_runs(tmp_path):
@@ -43,8 +52,29 @@ def test_a_finished_training_stage_is_skipped(tmp_path):
     config = _demo()
     config.stages = ("autoencoder",)
     # A complete export marks the stage done: nothing is trained (there is no checkpoint to resume from).
-    checkpoints.save_inference_checkpoint(stages.export_dir(str(tmp_path), "autoencoder"), {"vae": {"w": [0.0]}},
+    checkpoints.save_inference_checkpoint(placeholders.export_dir(str(tmp_path), "autoencoder"), {"vae": {"w": [0.0]}},
                                           {"vae": {}})
     summary = stages.run_stages(config, str(tmp_path))
     assert summary["stages"]["autoencoder"]["skipped"] is True
     assert (tmp_path / stages.SUMMARY_FILE).is_file()
+
+
+def test_each_command_rejects_the_other_kind_of_config_in_one_line(tmp_path, capsys):
+    for main, config, command in ((train.main, "configs/demo.py:test", "python -m vidrd_jax.recipes"),
+                                  (recipes_main.main, "configs/tiny.py", "python -m vidrd_jax.train")):
+        argv = ["prog", "--config", config, "--workdir", str(tmp_path / "run")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.match(f"error: --config .*: run it with {command} --config {config} ", err[0]), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_configs_that_load_other_configs_work_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(CONFIGS / "tpu_pod.py").batch_size == 256  # loads sd21_256.py next to it
+    assert load_config(f"{CONFIGS / 'demo.py'}:test").long_video.config.sampling.num_steps == 8
+    with pytest.raises(FileNotFoundError, match="config file 'missing.py' not found"):
+        load_config("missing.py:test")
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    with pytest.raises(ValueError, match="config file 'empty.py' has no get_config"):
+        load_config("empty.py")

@@ -4,7 +4,6 @@ The module builds two trainers for the same config, one on a 2 x 4 (data x fsdp)
 creates the state once (sharded: restored onto the shardings, optimizer state and EMA made by ``jit(out_shardings=
 ...)``) and compiles each step once; the tests share them.
 """
-import importlib.util
 import re
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from numerics import assert_close
 
 from vidrd_jax import checkpoints, parallel, train, train_config
 from vidrd_jax import train_state as ts
+from vidrd_jax.config_loading import load_config
 from vidrd_jax.tasks import Task
 from vidrd_jax.tasks.denoising import PAPER_TRAINABLE_REGEX, DenoisingTask
 
@@ -25,10 +25,7 @@ TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny_config", TINY_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config(TINY_CONFIG)
 
 
 def _host(tree):

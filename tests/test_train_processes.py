@@ -12,7 +12,6 @@
 
 All runs share a persistent compilation cache (``config.compilation_cache_dir``), so only the first compiles.
 """
-import importlib.util
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from numerics import assert_close
 
 from vidrd_jax import checkpoints, export, metrics, train
 from vidrd_jax import train_state as ts
+from vidrd_jax.config_loading import load_config
 from vidrd_jax.tasks.denoising import DenoisingTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,10 +39,7 @@ TIMEOUT = 600
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config(REPO / "configs" / "tiny.py")
 
 
 def _env(devices: int) -> dict:
@@ -273,12 +270,11 @@ def test_export_writes_the_ema_weights_as_an_inference_checkpoint(runs, tmp_path
 
 
 _EMULATE = r"""
-import importlib.util, json, sys
+import json, sys
 import jax, numpy as np, data_pipelines
 from vidrd_jax import parallel, train
-spec = importlib.util.spec_from_file_location("demo", "configs/tiny.py")
-module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-config = module.get_config()
+from vidrd_jax.config_loading import load_config
+config = load_config("configs/tiny.py")
 config.model.init_from, out = sys.argv[1], sys.argv[2]
 trainer = train.build_trainer(config)  # 1 device: the straight run's step program (compilation cache hit)
 iterators = [data_pipelines.make_iterator(config.data, batch_size=config.batch_size // 2, process_index=i,

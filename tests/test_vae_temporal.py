@@ -4,7 +4,6 @@ The module pre-trains a small KL autoencoder (channels (8, 16), 16x16 pixels, cl
 saves it as a VAE-only inference checkpoint, fine-tunes its Temp-Convs with the trainer
 (``configs/vae_temporal.py:demo``, 8 fake devices) and evaluates before/after once; the tests share that run.
 """
-import importlib.util
 import types
 from pathlib import Path
 
@@ -16,9 +15,10 @@ import numpy as np
 import optax
 import pytest
 import skimage.metrics
+from numerics import assert_close
 
 import data_pipelines
-from vidrd_jax import checkpoints, export, train, train_config, video_metrics
+from vidrd_jax import checkpoints, config_loading, export, train, train_config, video_metrics
 from vidrd_jax import metrics as metrics_lib
 from vidrd_jax import train_state as ts
 from vidrd_jax.convert import naming
@@ -34,13 +34,12 @@ FINETUNE_STEPS = 200
 # LDM's KL weight (1e-6 on sums over pixels) for a per-pixel mean L1: the posterior keeps a large variance this early,
 # so per-frame posterior samples disagree from frame to frame as generated latents do.
 KL_WEIGHT = 1e-8
+# The small VAE's encoder + decoder chain (~12 conv / norm / attention layers, ~80 roundings each) and the metrics.
+VAE_EVAL_OPS = 1000
 
 
 def load_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("vae_temporal_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_loading.load_config(f"{CONFIG_FILE}:{arg}")
 
 
 def pretrain_vae(vae_config: VAEConfig, data_config, steps: int, seed: int = 0):
@@ -74,7 +73,10 @@ def pretrain_vae(vae_config: VAEConfig, data_config, steps: int, seed: int = 0):
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("vae_temporal")
     config = load_config("demo")
-    vae_config = VAEConfig.tiny(block_out_channels=(8, 16))
+    config.sample.num_batches = 4  # 64 fixed evaluation clips: the flicker change is a mean over enough clips
+    # Replicate padding in time (as the demo's VAE): the end frames decode like the inner ones, so whole-clip flicker
+    # measures what the Temp-Convs learn; with zero padding its sign depends on the seed and the float path.
+    vae_config = VAEConfig.tiny(block_out_channels=(8, 16), temporal_padding="replicate")
     pretrained = pretrain_vae(vae_config, config.data, PRETRAIN_STEPS)
     init_from = checkpoints.save_inference_checkpoint(str(root / "small_vae"), {"vae": pretrained},
                                                       {"vae": vae_config.to_dict()})
@@ -155,15 +157,16 @@ def test_discriminator_learns_to_tell_real_from_reconstructed_clips(run):
     assert measured > 0.6
 
 
-def test_fine_tuning_lowers_flicker_without_losing_psnr(run):
+def test_fine_tuning_keeps_psnr_and_leaves_the_image_decoder_unchanged(run):
     before, after = run.before, run.after  # after: the EMA of the Temp-Convs (the demo config's choice)
-    # Per-frame posterior samples disagree between frames; the image decoder turns that into flicker.
-    assert after["sample/temporal_decoder/flicker"] < before["sample/image_decoder/flicker"] - 5e-4
-    # Inside the clip (away from the Temp-Convs' zero padding in time) flicker drops for both kinds of latents.
-    for latents in ("mean", "sample"):
-        assert after[f"{latents}/delta/flicker_interior"] < -1e-3
+    # Whether this tiny run (16² px, 150 + 200 steps) lowers flicker depends on the seed and the float path: over
+    # seeds 0-2 x (default, AVX2 cap) the posterior samples' flicker changed by -0.0056 to +0.0060 (BENCHMARKS.md,
+    # "Temporal VAE decoder fine-tuning"), so it is not asserted here. tests/test_demo.py asserts the fall on the
+    # demo's temporal-VAE stage, where it holds with a margin over seeds and float paths. PSNR rose in every run
+    # (+0.02 to +1.04 dB).
     for latents in ("mean", "sample"):
         assert after[f"{latents}/temporal_decoder/psnr"] > before[f"{latents}/image_decoder/psnr"] - 0.5
+        assert np.isfinite(after[f"{latents}/temporal_decoder/flicker"])
     # evaluate() reports the image decoder alongside the temporal one: the frozen 2-D path is unchanged.
     for k, v in before.items():
         if "image_decoder" in k:
@@ -173,7 +176,7 @@ def test_fine_tuning_lowers_flicker_without_losing_psnr(run):
 def test_checkpoints_hold_both_players_and_export_loads_in_the_generator_tree(run, tmp_path):
     config = run.config
     trainer = train.build_trainer(config)
-    ckpt = checkpoints.TrainCheckpointer(str(Path(run.workdir) / train.CHECKPOINT_DIR), read_only=True)
+    ckpt = checkpoints.TrainCheckpointer(str(Path(run.workdir) / checkpoints.TRAIN_CHECKPOINT_DIR), read_only=True)
     try:
         iterator = train.make_data_iterator(config, trainer.data_shard())
         restored, _ = ckpt.restore(ckpt.latest_step(), trainer.abstract_state, iterator)
@@ -244,7 +247,7 @@ def test_adaptive_weight_gradient_and_disc_start(run):
     assert float(m2["disc_factor"]) == 0.0 and float(m3["disc_factor"]) == 1.0
     assert all(not np.any(x) for x in jax.tree.leaves(g2["discriminator"]))
     assert any(np.any(x) for x in jax.tree.leaves(g3["discriminator"]))
-    np.testing.assert_allclose(via_conv, autodiff, rtol=1e-4, atol=1e-7)
+    assert_close(via_conv, autodiff, ops=2 * 8 * 16 * 16)  # a sum over 2 clips x 8 frames x 16 x 16, reordered
     assert float(jnp.max(jnp.abs(autodiff))) > 0
 
 
@@ -252,7 +255,10 @@ def test_trainer_logs_the_evaluation_and_writes_previews(run):
     # After the last step the trainer ran Task.evaluate on the EMA weights and logged it under eval/.
     assert [r["step"] for r in run.evaluation] == [FINETUNE_STEPS]
     logged = {k[len("eval/"):]: v for k, v in run.evaluation[-1].items() if k.startswith("eval/")}
-    assert logged == pytest.approx(run.after, rel=1e-4, abs=1e-5)  # sharded (8 devices) vs one device
+    assert logged.keys() == run.after.keys()
+    for key, value in run.after.items():  # sharded (8 devices) vs one device; a delta at its metric's scale
+        scale = abs(run.after[key.replace("delta", "image_decoder")])
+        assert_close(logged[key], value, ops=VAE_EVAL_OPS, scale=scale, err_msg=key)
     assert sorted(p.name for p in (Path(run.workdir) / train.SAMPLES_DIR).iterdir())[0].endswith(".gif")
     previews = run.task.sample({"vae": run.final["vae"]}, jax.random.key(0))
     s = run.config.sample
@@ -294,17 +300,17 @@ def test_video_metrics():
     expected = [[skimage.metrics.structural_similarity(x[b, f], y[b, f], gaussian_weights=True, sigma=1.5,
                                                        use_sample_covariance=False, data_range=2.0, channel_axis=-1)
                  for f in range(3)] for b in range(2)]
-    np.testing.assert_allclose(ssim, expected, rtol=1e-4, atol=1e-5)
+    assert_close(ssim, expected, ops=2 * 121 + 20)  # 11 x 11 Gaussian windows for means and moments, then the ratio
     psnr = np.asarray(video_metrics.psnr(jnp.asarray(x), jnp.asarray(y)))
-    np.testing.assert_allclose(psnr, 10 * np.log10(4.0 / np.mean((x - y) ** 2, axis=(2, 3, 4))), rtol=1e-5)
+    mse = np.mean((x.astype(np.float64) - y) ** 2, axis=(2, 3, 4))  # 768 terms; d psnr = 10 / ln 10 * d mse / mse
+    assert_close(psnr, 10 * np.log10(4.0 / mse), ops=768 + 4, scale=10 / np.log(10))
     # Flicker: an error that is the same in every frame does not flicker; per-frame errors do.
     constant = x + 0.2 * rng.standard_normal((1, 1) + x.shape[2:]).astype(np.float32)
     assert float(jnp.max(video_metrics.temporal_flicker(jnp.asarray(x), jnp.asarray(constant)))) < 1e-6
     assert float(jnp.min(video_metrics.temporal_flicker(jnp.asarray(x), jnp.asarray(y)))) > 0.05
     pairs = np.asarray(video_metrics.frame_pair_flicker(jnp.asarray(x), jnp.asarray(y)))
     assert pairs.shape == (2, 2)
-    np.testing.assert_allclose(pairs, np.mean(np.abs(np.diff(x, axis=1) - np.diff(y, axis=1)), axis=(2, 3, 4)),
-                               rtol=1e-5)
+    assert_close(pairs, np.mean(np.abs(np.diff(x, axis=1) - np.diff(y, axis=1)), axis=(2, 3, 4)), ops=768 + 3)
     four = np.concatenate([x, x[:, :1]], axis=1)
     metrics = video_metrics.reconstruction_metrics(jnp.asarray(four), jnp.asarray(four[:, ::-1]))
     assert set(metrics) == {"psnr", "ssim", "flicker", "flicker_interior"}

@@ -1,5 +1,5 @@
 """A small PyTorch re-statement of VidRD's temporal layers and of the release's UNet3D and temporal VAE decoder,
-written from the official release's forward order (``shared/reference/README.md``) to check our Flax modules,
+written from the official release's forward order (``tests/reference/``) to check our Flax modules,
 converted checkpoints and exported weights against.
 
 Every function reads its weights from a PyTorch-layout state dict under ``prefix`` (official key names, e.g.

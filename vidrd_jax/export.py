@@ -26,7 +26,6 @@ import ml_collections
 from vidrd_jax import checkpoints, cli
 from vidrd_jax import train_state as ts
 from vidrd_jax.tasks import get_task_class
-from vidrd_jax.train import CHECKPOINT_DIR
 
 TOKENIZER_DIR = "tokenizer"
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -36,7 +35,7 @@ def export(workdir: str, out: str, *, use_ema: bool = False, dtype: str = "float
     """Writes the inference checkpoint of ``workdir`` 's checkpoint ``step`` to ``out``; returns ``out``."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR), read_only=True)
+    ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, checkpoints.TRAIN_CHECKPOINT_DIR), read_only=True)
     try:
         steps = ckpt.all_steps()
         if not steps:

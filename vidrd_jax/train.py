@@ -1,7 +1,7 @@
 """The trainer: ``python -m vidrd_jax.train --config configs/X.py[:arg] --workdir DIR [--config.a.b=v ...]``.
 
-A config with ``stages`` (``configs/demo.py``) chains several runs of this trainer plus generation and evaluation
-(:mod:`vidrd_jax.stages`).
+One run trains one model. A staged config (``configs/demo.py``: several runs of this trainer, then generation and
+evaluation) is run by ``python -m vidrd_jax.recipes`` (:mod:`vidrd_jax.recipes.stages`); this command rejects it.
 
 One loop for every task (``vidrd_jax.tasks``), in big_vision-style sections:
 
@@ -59,7 +59,6 @@ from vidrd_jax import train_state as ts
 from vidrd_jax.tasks import Task, get_task_class
 from vidrd_jax.train_config import validate_config, validate_optimizer
 
-CHECKPOINT_DIR = checkpoints.TRAIN_CHECKPOINT_DIR
 SAMPLES_DIR = "samples"
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by SIGTERM after saving a checkpoint; rerun to resume
 # Config fields that may differ between a checkpoint and the run resuming it without a warning.
@@ -371,8 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> ts.Tr
     _check_workdir(workdir)
     config_json = _config_json(config)
     with contextlib.ExitStack() as stack:
-        ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.checkpoint.keep,
-                                             async_save=config.checkpoint.async_save)
+        ckpt = checkpoints.TrainCheckpointer(os.path.join(workdir, checkpoints.TRAIN_CHECKPOINT_DIR),
+                                             keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
         stack.callback(ckpt.close)
         latest = ckpt.latest_step()
         if latest is not None and latest > config.total_steps:
@@ -559,7 +558,7 @@ def parse_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
     return fv.config, fv.workdir
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     """What ``absl.app.run`` does for logging (absl's handler, INFO unless ``--verbosity`` says otherwise), minus
     Orbax's per-save INFO lines."""
     from absl import flags
@@ -571,15 +570,13 @@ def _setup_logging() -> None:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from vidrd_jax import stages
-
     config, workdir = parse_args(argv)
-    _setup_logging()
+    if "stages" in config:
+        raise cli.UsageError(f"--config is a staged config (it has 'stages'): run it with "
+                             f"python -m vidrd_jax.recipes {' '.join(argv[1:])}")
+    setup_logging()
     try:
-        if stages.is_staged(config):  # a staged config (configs/demo.py): every stage, each resuming
-            stages.run_stages(config, workdir)
-        else:
-            train_and_evaluate(config, workdir)
+        train_and_evaluate(config, workdir)
     except Preempted as e:
         logging.warning("%s (exit status %d)", e, EXIT_PREEMPTED)
         return EXIT_PREEMPTED

@@ -1,6 +1,6 @@
 """The official VidRD release -> our params.
 
-Inputs (see ``shared/reference/README.md``): ``ModelT2V.pth`` (a Lightning checkpoint whose ``state_dict`` holds
+Inputs (see ``tests/reference/``): ``ModelT2V.pth`` (a Lightning checkpoint whose ``state_dict`` holds
 ``unet.*`` and optionally ``text_encoder.*``), its ``vae_finetuned/`` diffusers folder (old or new attention
 names; ``temp_*`` keys possibly absent), and an SD-2.1 folder for whatever the release does not carry (text
 encoder, tokenizer, scheduler). The UNet must match the release exactly: every temporal key is required. The model

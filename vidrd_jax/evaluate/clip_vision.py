@@ -30,8 +30,8 @@ from PIL import Image
 
 from vidrd_jax.convert import naming
 from vidrd_jax.convert.torch_io import load_folder_state_dict, read_json
-from vidrd_jax.models.text_encoder import (_DTYPES, ACTIVATIONS, REMAT_POLICIES, CLIPEncoder, CLIPTextConfig,
-                                           CLIPTextTransformer, _layer_norm)
+from vidrd_jax.models.text_encoder import (_DTYPES, CLIPEncoder, CLIPTextConfig, CLIPTextTransformer, _layer_norm,
+                                           validate_tower_config)
 from vidrd_jax.models.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -64,29 +64,11 @@ class CLIPVisionConfig:
     remat_policy: str = "none"
 
     def __post_init__(self) -> None:
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                     "patch_size", "num_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"CLIPVisionConfig.{name} must be a positive int, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"CLIPVisionConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                             f"num_attention_heads ({self.num_attention_heads})")
+        validate_tower_config(self, ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                     "image_size", "patch_size", "num_channels"))
         if self.image_size % self.patch_size:
             raise ValueError(f"CLIPVisionConfig.image_size ({self.image_size}) must be a multiple of patch_size "
                              f"({self.patch_size})")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"CLIPVisionConfig.hidden_act must be one of {sorted(ACTIVATIONS)}, "
-                             f"got {self.hidden_act!r}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
-            raise ValueError(f"CLIPVisionConfig.layer_norm_eps must be in (0, 1), got {self.layer_norm_eps!r}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise ValueError(f"CLIPVisionConfig.{name} must be one of {sorted(_DTYPES)}, "
-                                 f"got {getattr(self, name)!r}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"CLIPVisionConfig.remat_policy must be one of {sorted(REMAT_POLICIES)}, "
-                             f"got {self.remat_policy!r}")
 
     @property
     def head_dim(self) -> int:

@@ -5,7 +5,7 @@
 * :func:`temporal_attention` ("Temp-Attn"): self-attention over the frames at every spatial position, inside each
   transformer block between cross-attention and the feed-forward, output projection zero-initialised.
 
-The forward order and the single-frame behaviour follow the official release (``shared/reference/README.md``).
+The forward order and the single-frame behaviour follow the official release (``tests/reference/``).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,28 @@ REMAT_POLICIES: dict[str, Any] = {
 ACTIVATION_AXES = ("batch", "length", "embed")
 
 
+def validate_tower_config(config: Any, positive_ints: Sequence[str]) -> None:
+    """Checks the fields a CLIP tower config shares (text and image): ``positive_ints``, heads dividing the width,
+    activation, LayerNorm eps, dtypes and remat policy; errors name ``ClassName.field``."""
+    name = type(config).__name__
+    for field in positive_ints:
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}.{field} must be a positive int, got {value!r}")
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"{name}.hidden_size ({config.hidden_size}) must be divisible by "
+                         f"num_attention_heads ({config.num_attention_heads})")
+    if config.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"{name}.hidden_act must be one of {sorted(ACTIVATIONS)}, got {config.hidden_act!r}")
+    if not isinstance(config.layer_norm_eps, (int, float)) or not 0 < config.layer_norm_eps < 1:
+        raise ValueError(f"{name}.layer_norm_eps must be in (0, 1), got {config.layer_norm_eps!r}")
+    for field in ("dtype", "param_dtype"):
+        if getattr(config, field) not in _DTYPES:
+            raise ValueError(f"{name}.{field} must be one of {sorted(_DTYPES)}, got {getattr(config, field)!r}")
+    if config.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"{name}.remat_policy must be one of {sorted(REMAT_POLICIES)}, got {config.remat_policy!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class CLIPTextConfig:
     """Hyper-parameters of the CLIP text tower (names follow ``transformers.CLIPTextConfig``)."""
@@ -58,24 +80,8 @@ class CLIPTextConfig:
     remat_policy: str = "none"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "max_position_embeddings"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"CLIPTextConfig.{name} must be a positive int, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"CLIPTextConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                             f"num_attention_heads ({self.num_attention_heads})")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"CLIPTextConfig.hidden_act must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
-            raise ValueError(f"CLIPTextConfig.layer_norm_eps must be in (0, 1), got {self.layer_norm_eps!r}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise ValueError(f"CLIPTextConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"CLIPTextConfig.remat_policy must be one of {sorted(REMAT_POLICIES)}, "
-                             f"got {self.remat_policy!r}")
+        validate_tower_config(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                     "num_attention_heads", "max_position_embeddings"))
 
     @property
     def head_dim(self) -> int:

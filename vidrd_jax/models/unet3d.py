@@ -3,7 +3,7 @@
 The 2-D layers (ResNets, spatial self-/cross-attention, down/upsamplers) are SD-2.1's, applied with the frames
 folded into the batch; a Temp-Conv follows every ResNet and a Temp-Attn sits inside every transformer block. The
 network predicts the noise ε_θ(z_t, t, c) of eq. (3). Forward order, names and single-frame behaviour follow the
-official release (``shared/reference/README.md``); parameters are named as its PyTorch keys.
+official release (``tests/reference/``); parameters are named as its PyTorch keys.
 """
 from __future__ import annotations
 

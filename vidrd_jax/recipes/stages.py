@@ -7,20 +7,19 @@ A staged config (e.g. ``configs/demo.py``) has ``stages``, an ordered tuple of n
   to the inference checkpoint ``WORKDIR/<name>/export``.
 * ``kind = "generate"``: ``config`` is a ``configs/generate_default.py`` config plus ``checkpoint``, ``out`` and
   ``prompts`` (one ``|``-separated line per video), run by :func:`vidrd_jax.generate.run`.
-* ``kind = "evaluate_demo"``: ``config`` is a :mod:`vidrd_jax.evaluate_demo` config.
+* ``kind = "evaluate_demo"``: ``config`` is a :mod:`vidrd_jax.recipes.demo_evaluation` config.
 
 Any string in a stage config may name an earlier stage's export as ``{export:NAME}`` and the run's directory as
-``{workdir}``; they are substituted when the stage starts. Every stage config is validated before anything runs
-(a training config's fields that name an export not written yet are checked when their stage starts). Stages
-resume: a training stage continues from its latest checkpoint, a finished one (its export complete) is skipped,
-generation and evaluation rerun (they are cheap and deterministic). ``WORKDIR/summary.json`` records where
-everything is.
+``{workdir}`` (:mod:`vidrd_jax.recipes.placeholders`); they are substituted when the stage starts. Every stage config
+is validated before anything runs (a training config's fields that name an export not written yet are checked when
+their stage starts). Stages resume: a training stage continues from its latest checkpoint, a finished one (its export
+complete) is skipped, generation and evaluation rerun (they are cheap and deterministic). ``WORKDIR/summary.json``
+records where everything is.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from typing import Any
 
@@ -28,73 +27,19 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from vidrd_jax import checkpoints
+from vidrd_jax import checkpoints, export, generate, train
 from vidrd_jax import metrics as metrics_lib
+from vidrd_jax.recipes import demo_evaluation
+from vidrd_jax.recipes.placeholders import EXPORT_DIR, export_dir, map_leaves, resolve
+from vidrd_jax.train_config import validate_config
 
 KINDS = ("train", "generate", "evaluate_demo")
-EXPORT_DIR = "export"
 SUMMARY_FILE = "summary.json"
-_PLACEHOLDER = re.compile(r"\{(workdir|export:([A-Za-z0-9_]+))\}")
-
-
-def export_dir(workdir: str, stage: str) -> str:
-    """The inference checkpoint a training stage writes."""
-    return os.path.join(workdir, stage, EXPORT_DIR)
 
 
 def is_staged(config: ml_collections.ConfigDict) -> bool:
+    """Whether ``config`` is a staged config (it has ``stages``) rather than one training job's."""
     return "stages" in config
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """``"configs/demo.py[:arg]"`` -> that file's ``get_config(arg)`` (``get_config()`` without an argument)."""
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location("_staged_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
-def _substitute(value: Any, workdir: str, earlier: tuple[str, ...], where: str) -> Any:
-    if isinstance(value, str):
-        def replace(match: re.Match) -> str:
-            if match.group(1) == "workdir":
-                return workdir
-            name = match.group(2)
-            if name not in earlier:
-                raise ValueError(f"config.{where}: {match.group(0)} names no earlier training stage "
-                                 f"(earlier: {list(earlier)})")
-            return export_dir(workdir, name)
-        return _PLACEHOLDER.sub(replace, value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_substitute(v, workdir, earlier, f"{where}[{i}]") for i, v in enumerate(value))
-    return value
-
-
-def _map_leaves(config: ml_collections.ConfigDict, fn, where: str) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with ``fn(value, field_path)`` applied to every non-group field."""
-    out = ml_collections.ConfigDict(config.to_dict())
-
-    def walk(node: ml_collections.ConfigDict, prefix: str) -> None:
-        for key in list(node.keys()):
-            value = node[key]
-            if isinstance(value, ml_collections.ConfigDict):
-                walk(value, f"{prefix}.{key}")
-            else:
-                node[key] = fn(value, f"{prefix}.{key}")
-
-    walk(out, where)
-    return out
-
-
-def resolve(config: ml_collections.ConfigDict, workdir: str, earlier: tuple[str, ...], where: str
-            ) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with ``{workdir}`` / ``{export:NAME}`` substituted in every string."""
-    return _map_leaves(config, lambda value, field: _substitute(value, workdir, earlier, field), where)
 
 
 def _without_pending_exports(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -106,13 +51,10 @@ def _without_pending_exports(config: ml_collections.ConfigDict, workdir: str) ->
         return (isinstance(value, str) and value.startswith(prefix) and value.endswith(os.sep + EXPORT_DIR)
                 and not (epath.Path(value) / checkpoints.MODEL_CONFIG_FILE).exists())
 
-    return _map_leaves(config, lambda value, _: "" if pending(value) else value, "config")
+    return map_leaves(config, lambda value, _: "" if pending(value) else value, "config")
 
 
 def _validate_stage(kind: str, config: ml_collections.ConfigDict, where: str) -> None:
-    from vidrd_jax import evaluate_demo, generate
-    from vidrd_jax.train_config import validate_config
-
     try:
         if kind == "train":
             validate_config(config)
@@ -125,7 +67,7 @@ def _validate_stage(kind: str, config: ml_collections.ConfigDict, where: str) ->
                 raise ValueError("prompts: give at least one line")
             generate.validate_config(config.sampling)
         else:
-            evaluate_demo.validate_config(config)
+            demo_evaluation.validate_config(config)
     except (ValueError, generate.UsageError) as e:
         raise ValueError(f"{where}: {e}") from e
 
@@ -152,8 +94,6 @@ def validate_stages(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) every stage of ``config`` in ``workdir``; returns and writes the summary."""
-    from vidrd_jax import export, train
-
     workdir = checkpoints.absolute(workdir)
     validate_stages(config, workdir)
     summary_path = epath.Path(workdir) / SUMMARY_FILE
@@ -179,15 +119,13 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
                           evaluation=_last_evaluation(stage_dir))
             trained += (name,)
         elif stage.kind == "generate":
-            from vidrd_jax import generate
             rows = [tuple(p.strip() for p in line.split(generate.PROMPT_SEPARATOR)) for line in resolved.prompts]
             out = os.path.join(stage_dir, resolved.out)
             result = generate.run(resolved.sampling, resolved.checkpoint, rows, out, batched=len(rows) > 1)
             record.update(videos=[video["files"] for video in result["videos"]],
                           record=os.path.splitext(out)[0] + ".json")
         else:
-            from vidrd_jax import evaluate_demo
-            record.update(evaluate_demo.run(resolved, stage_dir))
+            record.update(demo_evaluation.run(resolved, stage_dir))
         record["seconds"] = round(time.perf_counter() - start, 1)
         summary["stages"][name] = record
         summary_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 r"""Measures a demo model (``configs/demo.py``) on prompts it never saw: does the video follow the prompt, and is the
 long video smooth where clips meet?
 
-    python -m vidrd_jax.evaluate_demo --workdir workdirs/demo [--config configs/demo.py] [--stage evaluate]
+    python -m vidrd_jax.recipes.demo_evaluation --workdir workdirs/demo [--config configs/demo.py] [--stage evaluate]
 
 Prompts are the built-in dataset's held-out (colour, shape, direction) combinations (``data_pipelines.builtin
 .heldout_combos``: every word and every attribute pair was seen in training, the triple never). For each model
@@ -48,8 +48,12 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import builtin
-from vidrd_jax import cli
+from vidrd_jax import checkpoints, cli, media
+from vidrd_jax.config_loading import load_config
+from vidrd_jax.diffusion import LongVideoConfig
 from vidrd_jax.evaluate import long_video_metrics
+from vidrd_jax.pipeline import VideoPipeline
+from vidrd_jax.recipes.placeholders import resolve
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "reverse_dsg_pns": dict(frame_mapping="reverse"),
@@ -58,7 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "forward_no_dsg_pns": dict(frame_mapping="forward", dsg_beta=0.0, pns_alpha=0.0),
 }
 MAIN_VARIANT = "reverse_dsg_pns"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 OUTPUT_JSON, OUTPUT_TABLE, SHEETS_DIR = "evaluation.json", "evaluation.md", "sheets"
 
 
@@ -234,8 +238,6 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
 # --- generation --------------------------------------------------------------------------------------------------
 
 def _long_video_config(c: ml_collections.ConfigDict, prompts: tuple[str, ...], **variant):
-    from vidrd_jax.diffusion import LongVideoConfig
-
     fields = dict(num_clips=c.num_clips, num_frames=c.num_frames, num_prompt_frames=c.num_prompt_frames,
                   pns_alpha=c.pns_alpha, dsg_beta=c.dsg_beta, num_steps=c.num_steps, guidance_scale=c.guidance_scale,
                   negative_prompt=c.negative_prompt)
@@ -271,9 +273,6 @@ def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequ
                    label: str, reconstruction: bool = False) -> dict[str, dict[str, float]]:
     """Scores of ``checkpoint`` for each variant (all prompts x seeds), and under ``"reconstruction"`` its
     autoencoder's fidelity when asked; writes a contact sheet per variant."""
-    from vidrd_jax import media
-    from vidrd_jax.pipeline import VideoPipeline
-
     pipeline = VideoPipeline.from_checkpoint(checkpoint)
     results = {"reconstruction": reconstruction_scores(pipeline, c)} if reconstruction else {}
     for name in variants:
@@ -315,8 +314,6 @@ def format_table(results: dict[str, Any]) -> str:
 def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
     """Evaluates the model (every variant) and the baseline (main variant); writes JSON + table; returns a summary
     for ``summary.json``. Both checkpoints are checked before anything is generated."""
-    from vidrd_jax import checkpoints
-
     validate_config(c)
     for field in ("checkpoint", "baseline_checkpoint"):
         if c[field]:
@@ -350,20 +347,18 @@ def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the stage's evaluation; bad input raises (``python -m`` reports it as one ``error: ...`` line, status 2)."""
-    from vidrd_jax import stages
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="the demo's workdir (holds the stage exports)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="staged config file[:arg] (default: the repository's configs/demo.py)")
     parser.add_argument("--stage", default="evaluate", help="name of the evaluate_demo stage in the config")
     args = parser.parse_args(argv)
-    config = stages.load_config(args.config)
+    config = load_config(args.config)
     if args.stage not in config or config[args.stage].kind != "evaluate_demo":
         raise cli.UsageError(f"--stage {args.stage!r} is not an evaluate_demo stage of {args.config}")
     workdir = os.path.abspath(args.workdir)
     earlier = tuple(n for n in config.stages[: list(config.stages).index(args.stage)] if config[n].kind == "train")
-    resolved = stages.resolve(config[args.stage].config, workdir, earlier, f"{args.stage}.config")
+    resolved = resolve(config[args.stage].config, workdir, earlier, f"{args.stage}.config")
     return run(resolved, os.path.join(workdir, args.stage))
 
 
