@@ -6,7 +6,7 @@
 Each run is README's main command (``configs/demo.py[:test],seed=S``) in a fresh workdir, in a subprocess on one
 CPU device, with ``XLA_FLAGS=--xla_cpu_max_isa=ISA`` unless ISA is ``default`` (another CPU's float path; see
 BENCHMARKS.md). A finished run's workdir is reused (its stages are skipped), so an interrupted sweep continues.
-Prints one row per run and a summary table (mean ± standard deviation, min, max) in markdown; writes
+Prints one row per run and a summary table (mean ± standard deviation, min, max, runs with a value) in markdown; writes
 ``ROOT/summary.json``.
 """
 from __future__ import annotations
@@ -73,12 +73,16 @@ def main() -> None:
             print(name, json.dumps({k: round(v, 4) for k, v in rows[name].items()}), flush=True)
     keys = sorted({k for row in rows.values() for k in row})
     print(f"\n{len(rows)} runs ({args.size} size, seeds {args.seeds}, float paths {args.isa})\n")
-    print("| mark | mean ± std | min | max |\n|---|---|---|---|")
+    print("| mark | mean ± std | min | max | runs |\n|---|---|---|---|---|")
     table = {}
     for key in keys:
-        values = np.array([row[key] for row in rows.values() if key in row])
-        table[key] = dict(mean=values.mean(), std=values.std(), min=values.min(), max=values.max())
-        print(f"| {key} | {values.mean():.4f} ± {values.std():.4f} | {values.min():.4f} | {values.max():.4f} |")
+        values = np.array([row[key] for row in rows.values() if key in row], np.float64)
+        values = values[~np.isnan(values)]  # a jump ratio is NaN when no frame pair shows the object
+        if not len(values):
+            continue
+        table[key] = dict(mean=values.mean(), std=values.std(), min=values.min(), max=values.max(), runs=len(values))
+        print(f"| {key} | {values.mean():.4f} ± {values.std():.4f} | {values.min():.4f} | {values.max():.4f} | "
+              f"{len(values)} |")
     (args.root / "summary.json").write_text(json.dumps(dict(runs=rows, table=table), indent=1))
 
 

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATION_MARGIN = 0.1  # junction ratio of every other sampler variant above the main one's
-FLICKER_MARGIN = 7e-4  # fall of the temporal decoder's flicker
+FLICKER_MARGIN = 6e-4  # fall of the temporal decoder's flicker
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +74,21 @@ def test_evaluation_table_and_sampler_ablation(demo):
     # clip junctions as smooth as the frames inside a clip; without DSG/PNS the junctions jump.
     # Margins: half the smallest measured over training seeds 0-2 x two float paths (default, AVX2 cap), with
     # benchmarks/demo_seeds.py --size test (BENCHMARKS.md, "Test size"): main ratio <= 0.27 against the mark of 2,
-    # every other variant at least 0.20 above it.
+    # every other variant at least 0.19 above it.
     assert evaluation["passes"]["junction_ratio"] and main["junction_ratio"] <= 2.0
     for variant in ("forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns"):
         assert model[variant]["junction_ratio"] > main["junction_ratio"] + ABLATION_MARGIN, (variant, model[variant],
                                                                                              main)
-    # The colour / direction pass marks (0.8 / 0.7) are the targets, reported pass/FAIL in the table. The
-    # full demo passes both (0.91 / 1.00; BENCHMARKS.md). This test's minute of training reaches neither, so they
-    # are not asserted here: its autoencoder keeps the colour of ~6 % of clips (also at 16 x 16 frames or with 8
-    # latent channels), and even on the full demo's autoencoder 300 UNet steps x 8 clips (five times this test's)
-    # draw held-out colour 0.62 and direction 0.13.
+    # The colour / direction pass marks (0.8 / 0.7) are reported pass/FAIL in the table and belong to the full demo:
+    # this size's minute of training reaches neither (colour 0.03-0.09, direction 0.03-0.28 over seeds 0-2 x two
+    # float paths; its autoencoder keeps almost no object colour), so they are not asserted here.
     assert set(evaluation["passes"]) == {"colour_accuracy", "direction_accuracy", "junction_ratio"}
 
 
 def test_temporal_decoder_lowers_flicker(demo):
     _, summary, _ = demo
     evaluation = summary["stages"]["temporal_vae"]["evaluation"]  # held-out clips, after vs before fine-tuning
-    # Over seeds 0-2 x two float paths flicker fell by at least 0.0015 (mean latents) / 0.0032 (samples) and PSNR
+    # Over seeds 0-2 x two float paths flicker fell by at least 0.0012 (mean latents) / 0.0013 (samples) and PSNR
     # rose; the test asks for half the smallest fall.
     for latents in ("mean", "sample"):
         assert evaluation[f"{latents}/delta/flicker"] < -FLICKER_MARGIN, evaluation
