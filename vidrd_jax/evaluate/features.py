@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vidrd_jax.cli import AtomicFiles
+from vidrd_jax.cli import AtomicFiles, atomic_write
 
 _CHUNK = 1 << 20
 
@@ -96,7 +96,7 @@ class FeatureCache:
             os.makedirs(self.directory, exist_ok=True)
             description = os.path.join(self.directory, "extractor.txt")
             if not os.path.isfile(description):
-                with AtomicFiles() as files, open(files.path(description), "w") as f:
+                with atomic_write(description) as f:
                     f.write(extractor + "\n")
         self.hits = self.misses = 0
         self._hashes: dict[str, str] = {}

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from vidrd_jax import media
-from vidrd_jax.cli import AtomicFiles, UsageError
+from vidrd_jax.cli import AtomicFiles, UsageError, atomic_write
 from vidrd_jax.evaluate import long_video_metrics as lvm
 from vidrd_jax.evaluate.features import FeatureCache
 
@@ -467,7 +467,7 @@ def run_ucf101(checkpoint: str, out_dir: str, real: Sequence[str], evaluator: Ev
     counts = generate_samples(pipeline, samples, settings, out_dir, progress=progress)
     generation_seconds = time.perf_counter() - started
     prompts_json = os.path.join(out_dir, "prompts.json")
-    with AtomicFiles() as files, open(files.path(prompts_json), "w") as f:
+    with atomic_write(prompts_json) as f:
         json.dump({rel: prompt for _, prompt, rel in samples}, f, indent=1)
     videos = [os.path.join(out_dir, rel) for _, _, rel in samples]
     record = evaluator.evaluate(videos, [(prompt,) for _, prompt, _ in samples], real, progress=progress)
