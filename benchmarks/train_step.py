@@ -6,12 +6,15 @@
 The step is the trainer's own (``vidrd_jax.train.Trainer.make_step``: frozen VAE + text encoder, UNet forward and
 backward, AdamW, EMA, non-finite guard), on a mesh over all local devices (``data`` axis), fed one fixed batch from
 the data pipeline so that only device work is timed. Peak memory is the process's peak RSS (host) and, on
-accelerators, the devices' ``peak_bytes_in_use``; MFU divides XLA's FLOP count of the compiled step by the step time
-and the chips' peak bf16 FLOP/s.
+accelerators, the devices' ``peak_bytes_in_use``. MFU divides the step's model FLOPs (XLA's count of the same step lowered without
+rematerialisation) by the step time and the chips' peak dense bf16 FLOP/s; HFU does the same with the compiled step's
+count, which includes the recomputed forward passes.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import resource
 import subprocess
@@ -71,6 +74,22 @@ CONFIGS = {"tiny": lambda: _load("tiny"), "demo": demo_config, "mid": mid_config
            "sd21_256": lambda: _load("sd21_256")}
 
 
+def _flops(stage) -> float:
+    """XLA's FLOP count of a ``Lowered`` or ``Compiled`` step (0 where the backend gives none)."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _model_flops(config, state, batch) -> float:
+    """FLOPs of the step without rematerialisation: what the model needs, not what remat recomputes."""
+    config = copy.deepcopy(config)
+    config.model.unet.remat_policy = "none"
+    trainer = train.build_trainer(config)
+    with parallel.activation_rules_context(trainer.mesh, trainer.rules):
+        return _flops(trainer.make_step({k: v.sharding for k, v in batch.items()}).lower(state, batch))
+
+
 def _peak_device_bytes() -> int | None:
     stats = [d.memory_stats() for d in jax.local_devices()]
     peaks = [s.get("peak_bytes_in_use") for s in stats if s]
@@ -109,6 +128,7 @@ def benchmark(name: str, steps: int, warmup: int, batch_per_device: int | None) 
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
+    model_flops = _model_flops(config, state, batch)
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
     result = {
         "config": name, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -124,13 +144,13 @@ def benchmark(name: str, steps: int, warmup: int, batch_per_device: int | None) 
     device_peak = _peak_device_bytes()
     if device_peak is not None:
         result["peak_device_GiB"] = device_peak / 2**30
+    result["model_tflops_per_step"] = model_flops / 1e12
+    result["xla_tflops_per_step"] = _flops(compiled) / 1e12
     kind = jax.devices()[0].device_kind
     peak = next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
     if jax.default_backend() != "cpu" and peak:
-        cost = compiled.cost_analysis()
-        flops = (cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", 0.0)
-        result["tflops_per_step"] = flops / 1e12
-        result["mfu"] = flops / step_s / (peak * jax.device_count())
+        result["mfu"] = model_flops / step_s / (peak * jax.device_count())
+        result["hfu"] = 1e12 * result["xla_tflops_per_step"] / step_s / (peak * jax.device_count())
     return result
 
 
@@ -140,6 +160,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-per-device", type=int, default=None, help="override the config's batch size")
+    parser.add_argument("--json", default=None, help="append each result as one JSON line to this file")
     args = parser.parse_args()
     names = [n for n in args.configs.split(",") if n]
     unknown = sorted(set(names) - set(CONFIGS))
@@ -148,8 +169,9 @@ def main() -> None:
     if len(names) > 1:  # one process per config, so each peak RSS is its own
         for name in names:
             subprocess.run([sys.executable, __file__, "--configs", name, "--steps", str(args.steps), "--warmup",
-                            str(args.warmup)] + ([] if args.batch_per_device is None else
-                                                 ["--batch-per-device", str(args.batch_per_device)]), check=True)
+                            str(args.warmup)]
+                           + ([] if args.batch_per_device is None else ["--batch-per-device", str(args.batch_per_device)])
+                           + ([] if args.json is None else ["--json", args.json]), check=True)
         return
     print(f"# jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
@@ -161,9 +183,13 @@ def main() -> None:
                 f"init {r['init_s']:.1f} s, peak RSS {r['peak_rss_GiB']:.2f} GiB")
         if "peak_device_GiB" in r:
             line += f", peak device memory {r['peak_device_GiB']:.2f} GiB"
+        line += f", {r['model_tflops_per_step']:.3g} model TFLOP/step ({r['xla_tflops_per_step']:.3g} with remat)"
         if "mfu" in r:
-            line += f", {r['tflops_per_step']:.1f} TFLOP/step, MFU {100 * r['mfu']:.1f}%"
+            line += f", MFU {100 * r['mfu']:.1f}%, HFU {100 * r['hfu']:.1f}%"
         print(line, flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
 
 
 if __name__ == "__main__":
