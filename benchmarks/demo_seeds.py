@@ -6,8 +6,10 @@
 Each run is README's main command (``configs/demo.py[:test],seed=S``) in a fresh workdir, in a subprocess on one
 CPU device, with ``XLA_FLAGS=--xla_cpu_max_isa=ISA`` unless ISA is ``default`` (another CPU's float path; see
 BENCHMARKS.md). A finished run's workdir is reused (its stages are skipped), so an interrupted sweep continues.
-Prints one row per run and a summary table (mean ± standard deviation, min, max, runs with a value) in markdown; writes
-``ROOT/summary.json``.
+``motion/VARIANT`` is the motion ratio (mean per-frame centroid motion of the long videos over the rendered data's)
+and ``continues/VARIANT`` 1 when the variant meets all three continuation marks (junction and jump ratio, motion
+ratio), so its mean is the share of runs that continue. Prints one row per run and a summary table (mean ± standard
+deviation, min, max, runs with a value) in markdown; writes ``ROOT/summary.json``.
 """
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from vidrd_jax.recipes.demo_evaluation import continuation_marks  # noqa: E402  (after the repository is on the path)
+
 VARIANTS = ("reverse_dsg_pns", "forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns")
 
 
@@ -40,12 +46,16 @@ def run_demo(size: str, seed: int, isa: str, workdir: Path) -> dict[str, float]:
     evaluation = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
     summary = json.loads((workdir / "summary.json").read_text())
     model = evaluation["results"]["model"]
+    thresholds = ml_collections.ConfigDict(evaluation["config"]["thresholds"])
     row = {"colour": model["reverse_dsg_pns"]["colour_accuracy"],
            "direction": model["reverse_dsg_pns"]["direction_accuracy"]}
     for variant in VARIANTS:
         row[f"junction/{variant}"] = model[variant]["junction_ratio"]
         if "jump_ratio" in model[variant]:
             row[f"jump/{variant}"] = model[variant]["jump_ratio"]
+        if "motion_ratio" in model[variant]:  # per-frame centroid motion over the rendered data's
+            row[f"motion/{variant}"] = model[variant]["motion_ratio"]
+            row[f"continues/{variant}"] = float(all(continuation_marks(model[variant], thresholds).values()))
     # The ablation's margin: how much smoother the main variant's junctions are than the next best variant's.
     row["ablation_margin"] = min(model[v]["junction_ratio"] for v in VARIANTS[1:]) - row["junction/reverse_dsg_pns"]
     tvae = summary["stages"]["temporal_vae"]["evaluation"]

@@ -31,9 +31,10 @@ import optax  # noqa: E402
 
 import data_pipelines  # noqa: E402
 from vidrd_jax import checkpoints, config_loading, export, train  # noqa: E402
-from vidrd_jax import metrics as metrics_lib  # noqa: E402
+from vidrd_jax import metric_writer as metrics_lib  # noqa: E402
 from vidrd_jax.models.vae import AutoencoderKL, VAEConfig  # noqa: E402
-from vidrd_jax.tasks.vae_temporal import VAETemporalTask, kl_divergence  # noqa: E402
+from vidrd_jax.tasks.autoencoder_losses import kl_divergence  # noqa: E402
+from vidrd_jax.tasks.vae_temporal import VAETemporalTask  # noqa: E402
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "vae_temporal.py"
 KL_WEIGHT = 1e-8  # LDM's 1e-6 on sums over pixels, for a per-pixel mean L1

@@ -5,7 +5,7 @@ r"""Sampling settings for ``python -m vidrd_jax.generate`` (paper 002 §4.3 and 
     # any field: --config.num_steps=25 --config.vidrd.dsg_beta=0.2 --config.codenoise.weighting=pyramid
 
 ``vidrd`` holds VidRD's clip-by-clip settings (Algorithm 1), ``codenoise`` the co-denoising settings (paper 000
-§3.4); the top-level fields are shared. Validated by ``vidrd_jax.generate.validate_config``.
+§3.4); the top-level fields are shared. Validated by ``vidrd_jax.generate_config.validate_config``.
 """
 import ml_collections
 
@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.resolution = 256  # frame height = width in pixels (VidRD: 256); a multiple of the VAE x UNet downsampling
     c.num_steps = 50  # DDIM steps S (§5.3)
     c.eta = 0.0  # DDIM eta (0: deterministic DDIM)
+    c.solver = "ddim"  # "ddim" | "dpm_solver++" (DPM-Solver++(2M), deterministic: eta must be 0); both modes
     c.guidance_scale = 10.0  # classifier-free guidance w (§5.3)
     c.negative_prompt = "watermark"  # the unconditional branch's prompt
     c.fps = 8.0  # frame rate of the written mp4/GIF

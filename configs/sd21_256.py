@@ -17,7 +17,7 @@ Expected: the epsilon loss starts low (SD-2.1 already denoises each frame; the t
 their last layers being zero) and decreases slowly; temporally coherent EMA samples appear in ``WORKDIR/samples``.
 The paper gives no optimizer settings, batch size or step count: AdamW 5e-5 with 1k warm-up, batch 64, EMA 0.9999
 and 100k steps are our choice. bf16 compute with fp32 master weights, per-block rematerialisation and
-``jax.nn.dot_product_attention``; measure memory and speed on the target accelerator with
+``attention_impl="auto"`` (cuDNN flash attention on GPU where it applies); measure memory and speed on the target accelerator with
 ``python benchmarks/train_step.py --configs sd21_256 --batch-per-device N``.
 """
 import ml_collections
@@ -58,7 +58,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     c.model.init_from = init_from
     c.model.preset = "sd21"  # only used when init_from is empty (random SD-2.1-size model: benchmarks)
-    c.model.unet.update(dtype="bfloat16", remat_policy="full", attention_impl="dot_product")
+    c.model.unet.update(dtype="bfloat16", remat_policy="full", attention_impl="auto")
     c.model.vae.update(dtype="bfloat16")
     c.model.text_encoder.update(dtype="bfloat16")
     # c.trainable_regex: the default, PAPER_TRAINABLE_REGEX (temporal layers + spatial transformer blocks).

@@ -8,6 +8,7 @@ real CLIP tokenizer on the built-in synthetic clips. The full demo is ``configs/
 """
 import ml_collections
 
+import data_pipelines  # noqa: F401  (config.data configures it; importing it registers it with the trainer)
 from vidrd_jax.train_config import base_config
 
 

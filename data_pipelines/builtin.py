@@ -2,11 +2,15 @@
 pseudo-videos of the real photos bundled with scikit-image.
 
 Shapes: a coloured shape moving in a stated direction over a plain or textured neutral-gray background, captioned
-``"a red circle moving left"``. Everything is a pure function of ``(seed, index)`` at any resolution and frame
-count; the (colour, shape, direction) vocabulary is exposed, and combinations can be held out for a compositional
-train / evaluation split: ``heldout_combos`` picks combinations each of whose attribute *pairs* still occurs in
-training, so held-out prompts are novel compositions of seen words. ``render_clip`` is the renderer an evaluator
-uses to draw reference clips for any combination.
+``"a red circle moving left"``. Motion ``"path"``: each clip is a whole path inside the frame; ``"wrap"``: a clip is a
+window, cut at a random phase, of an endless constant-velocity trajectory on the torus (the object leaves through one
+edge and re-enters through the opposite one), so a clip's last frames are a valid start of the next clip and
+``render_clip(start_frame=k)`` renders that next clip. Wrap rather than bounce: the velocity never changes, so the
+caption's direction word is true at every frame (a bounce would reverse it mid-clip). Everything is a pure function
+of ``(seed, index)`` at any resolution and frame count; the (colour, shape, direction) vocabulary is exposed, and
+combinations can be held out for a compositional train / evaluation split: ``heldout_combos`` picks combinations each
+of whose attribute *pairs* still occurs in training, so held-out prompts are novel compositions of seen words.
+``render_clip`` is the renderer an evaluator uses to draw reference clips for any combination.
 
 Photos: ``skimage.data`` photographs (astronaut, coffee, chelsea, rocket, …) with short captions, turned into
 pseudo-videos by random zoom/pan (paper §4.2). Grayscale photos are converted to RGB.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +40,9 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (dy, dx)
 BACKGROUNDS: tuple[str, ...] = ("plain", "textured")
 SIZE_RANGE = (0.10, 0.16)  # object radius, fraction of the shorter side
-TRAVEL_RANGE = (0.25, 0.45)  # path length, fraction of the frame along the motion
+TRAVEL_RANGE = (0.25, 0.45)  # "path": path length, fraction of the frame along the motion
+STEP_RANGE = (0.04, 0.08)  # "wrap": displacement per frame, fraction of the frame along the motion
+MOTIONS: tuple[str, ...] = ("path", "wrap")
 Combo = tuple[str, str, str]  # (colour, shape, direction)
 
 PHOTOS: dict[str, str] = {
@@ -160,32 +167,73 @@ def _background(rng: np.random.Generator, kind: str, height: int, width: int) ->
 
 
 def _check_motion(size_range: tuple[float, float], travel_range: tuple[float, float], lateral_spread: float,
-                  height: int, width: int) -> None:
-    """Ranges are ordered and bounded, and the longest path plus the largest object's margins (``1.2 r + 1`` px each
-    side) fits in the frame."""
+                  height: int, width: int, motion: str = "path", step_range: tuple[float, float] = STEP_RANGE) -> None:
+    """Ranges are ordered and bounded; a ``"path"`` (the longest plus the largest object's margins, ``1.2 r + 1`` px
+    each side) fits in the frame; a ``"wrap"`` step is under half the frame (so a displacement modulo the frame is
+    unambiguous)."""
+    if motion not in MOTIONS:
+        raise ValueError(f"motion: must be one of {MOTIONS}, got {motion!r}")
     if not 0.0 <= lateral_spread <= 1.0:
         raise ValueError(f"lateral_spread: must be in [0, 1], got {lateral_spread}")
-    for name, (lo, hi), top in (("size_range", size_range, 0.3), ("travel_range", travel_range, 0.8)):
+    for name, (lo, hi), top in (("size_range", size_range, 0.3), ("travel_range", travel_range, 0.8),
+                                ("step_range", step_range, 0.45)):
         if not 0.0 < lo <= hi <= top:
             raise ValueError(f"{name}: need 0 < low <= high <= {top}, got {(lo, hi)}")
     margin = 1.2 * size_range[1] * min(height, width) + 1.0
-    if any(2 * margin + travel_range[1] * side > side for side in (height, width)):
+    if motion == "path" and any(2 * margin + travel_range[1] * side > side for side in (height, width)):
         raise ValueError(f"size_range/travel_range: the largest object ({size_range[1]}) on the longest path "
                          f"({travel_range[1]}) does not fit in a {height} x {width} frame")
+
+
+def _path_centres(rng: np.random.Generator, dy: int, dx: int, num_frames: int, height: int, width: int,
+                  margin: float, travel_range: tuple[float, float], across) -> np.ndarray:
+    """``[num_frames, 2]`` (y, x): a straight path of ``travel_range`` of the frame, wholly inside ``margin``."""
+    travel = rng.uniform(*travel_range) * (height if dy else width)
+    lo_y, hi_y = margin, height - margin
+    lo_x, hi_x = margin, width - margin
+    # Start so that start + travel * direction stays in [lo, hi] on the motion axis.
+    cy = rng.uniform(lo_y + max(0.0, -dy * travel), hi_y - max(0.0, dy * travel)) if dy else across(lo_y, hi_y)
+    cx = rng.uniform(lo_x + max(0.0, -dx * travel), hi_x - max(0.0, dx * travel)) if dx else across(lo_x, hi_x)
+    t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    return np.stack([cy + dy * travel * t, cx + dx * travel * t], axis=1)
+
+
+def _wrap_centres(rng: np.random.Generator, dy: int, dx: int, start_frame: int, num_frames: int, height: int,
+                  width: int, margin: float, step_range: tuple[float, float], across) -> np.ndarray:
+    """``[num_frames, 2]`` (y, x): frames ``start_frame…`` of a constant-velocity trajectory, modulo the frame along
+    the motion, from a uniformly random phase; across the motion as in ``"path"``."""
+    along = height if dy else width
+    step = rng.uniform(*step_range) * along
+    phase = rng.uniform(0.0, along)
+    other = across(margin, (width if dy else height) - margin)
+    t = np.arange(start_frame, start_frame + num_frames, dtype=np.float64)
+    position = np.mod(phase + (dy or dx) * step * t, along)
+    fixed = np.full(num_frames, other)
+    return np.stack([position, fixed] if dy else [fixed, position], axis=1)
+
+
+def _wrapped(offset: np.ndarray, period: float | None) -> np.ndarray:
+    """``offset`` (pixels) to the nearest periodic image, in ``[-period/2, period/2)``; unchanged when None."""
+    return offset if period is None else np.mod(offset + 0.5 * period, period) - 0.5 * period
 
 
 def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8, height: int = 64,
                 width: int | None = None, background: str = "plain", seed: int = 0,
                 size_range: tuple[float, float] = SIZE_RANGE, travel_range: tuple[float, float] = TRAVEL_RANGE,
-                lateral_spread: float = 1.0, return_centers: bool = False
-                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                lateral_spread: float = 1.0, motion: str = "path", step_range: tuple[float, float] = STEP_RANGE,
+                start_frame: int = 0, return_centers: bool = False, return_alpha: bool = False
+                ) -> np.ndarray | tuple[np.ndarray, ...]:
     """uint8 ``[num_frames, height, width, 3]`` clip of ``caption_for(colour, shape, direction)``.
 
-    Size (``size_range``: fraction of the shorter side), colour jitter (±12 per channel), path length
-    (``travel_range``: fraction of the frame along the motion) and start position are drawn from ``seed``; the whole
-    path stays inside the frame; across the motion it lies in the central ``lateral_spread`` fraction of the
-    admissible range (1: anywhere). Edges are anti-aliased from the signed distance. ``return_centers`` also returns
-    the ``[num_frames, 2]`` (y, x) centres.
+    Size (``size_range``: fraction of the shorter side), colour jitter (±12 per channel) and the motion are drawn
+    from ``seed``. ``motion="path"``: a path of ``travel_range`` (fraction of the frame along the motion) from a
+    random start, wholly inside the frame. ``motion="wrap"``: ``step_range`` (fraction of the frame) per frame from a
+    uniformly random phase, modulo the frame along the motion (drawn on the torus: an object crossing an edge shows
+    on both sides); ``start_frame`` renders the same trajectory from that frame on (``start_frame=k`` continues a
+    ``k``-frame clip of the same seed). Across the motion the object lies in the central ``lateral_spread`` fraction
+    of the admissible range (1: anywhere). Edges are anti-aliased from the signed distance. ``return_centers`` also
+    returns the ``[num_frames, 2]`` (y, x) centres, ``return_alpha`` (after them) the object's float32 coverage
+    ``[num_frames, height, width]`` (0 outside it: its exact pixels are ``alpha > 0``).
     """
     width = width or height
     if colour not in COLOURS or direction not in DIRECTIONS:
@@ -194,46 +242,56 @@ def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8,
     if num_frames < 1 or height < 8 or width < 8:
         raise ValueError(f"num_frames/height/width: need >= 1 frame and >= 8 pixels, got {num_frames}, "
                          f"{height}, {width}")
-    _check_motion(size_range, travel_range, lateral_spread, height, width)
+    _check_motion(size_range, travel_range, lateral_spread, height, width, motion, step_range)
+    if start_frame and motion != "wrap":
+        raise ValueError(f"start_frame: only motion='wrap' continues a trajectory, got start_frame={start_frame} "
+                         f"with motion={motion!r}")
     rng = np.random.default_rng([seed, 104729])
     bg = _background(rng, background, height, width)
     r = rng.uniform(*size_range) * min(height, width)
     rgb = np.clip(np.asarray(COLOURS[colour], np.float32) + rng.uniform(-12, 12, size=3), 0, 255)
     dy, dx = DIRECTIONS[direction]
-    along = height if dy else width
-    travel = rng.uniform(*travel_range) * along
-    margin = 1.2 * r + 1.0
-    lo_y, hi_y = margin, height - margin
-    lo_x, hi_x = margin, width - margin
-    # Start so that start + travel * direction stays in [lo, hi] on the motion axis.
-    # Across it, within the central lateral_spread of [lo, hi].
-    def across(lo: float, hi: float) -> float:
+
+    def across(lo: float, hi: float) -> float:  # within the central lateral_spread of [lo, hi]
         half = 0.5 * (hi - lo) * lateral_spread
         return rng.uniform(0.5 * (lo + hi) - half, 0.5 * (lo + hi) + half)
 
-    cy = rng.uniform(lo_y + max(0.0, -dy * travel), hi_y - max(0.0, dy * travel)) if dy else across(lo_y, hi_y)
-    cx = rng.uniform(lo_x + max(0.0, -dx * travel), hi_x - max(0.0, dx * travel)) if dx else across(lo_x, hi_x)
-    t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
-    centers = np.stack([cy + dy * travel * t, cx + dx * travel * t], axis=1)
+    margin = 1.2 * r + 1.0
+    if motion == "wrap":
+        centers = _wrap_centres(rng, dy, dx, start_frame, num_frames, height, width, margin, step_range, across)
+    else:
+        centers = _path_centres(rng, dy, dx, num_frames, height, width, margin, travel_range, across)
+    period_y, period_x = (height if dy else None, width if dx else None) if motion == "wrap" else (None, None)
     yy = np.arange(height, dtype=np.float32)[None, :, None] + 0.5
     xx = np.arange(width, dtype=np.float32)[None, None, :] + 0.5
-    dist = _shape_distance(shape, yy - centers[:, 0, None, None].astype(np.float32),
-                           xx - centers[:, 1, None, None].astype(np.float32), r)
+    dist = _shape_distance(shape, _wrapped(yy - centers[:, 0, None, None].astype(np.float32), period_y),
+                           _wrapped(xx - centers[:, 1, None, None].astype(np.float32), period_x), r)
     alpha = np.clip(0.5 - dist, 0.0, 1.0)[..., None]
     frames = bg[None, :, :, None] * (1.0 - alpha) + rgb * alpha
     frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-    return (frames, centers) if return_centers else frames
+    extra = ((centers,) if return_centers else ()) + ((alpha[..., 0],) if return_alpha else ())
+    return (frames,) + extra if extra else frames
+
+
+def object_alpha(prompt: str, num_frames: int, height: int, width: int, **render: Any) -> np.ndarray:
+    """The object's coverage ``[F, H, W]`` in the clip :func:`render_clip` draws for ``prompt`` (a combo's caption)
+    with ``render``'s other arguments; ``> 0`` is its exact mask (the four-module recipe's built-in segmenter)."""
+    _, alpha = render_clip(*parse_combo(prompt), num_frames=num_frames, height=height, width=width,
+                           return_alpha=True, **render)
+    return alpha
 
 
 class ShapesSource(base.Source):
-    """Synthetic captioned clips: item ``i`` shows combo ``combos[i % len(combos)]`` of its split."""
+    """Synthetic captioned clips: item ``i`` shows combo ``combos[i % len(combos)]`` of its split (``motion``,
+    ``step_range``, ``travel_range``, ``size_range``, ``lateral_spread``: :func:`render_clip`'s)."""
 
     kind = "shapes"
 
     def __init__(self, name: str, sampling: transforms.Sampling, *, num_items: int = 10000, split: str = "train",
                  holdout_fraction: float = 0.2, holdout_seed: int = 0, holdout: tuple[str, ...] = (),
                  textured_prob: float = 0.5, size_range: tuple[float, float] = SIZE_RANGE,
-                 travel_range: tuple[float, float] = TRAVEL_RANGE, lateral_spread: float = 1.0, seed: int = 0):
+                 travel_range: tuple[float, float] = TRAVEL_RANGE, lateral_spread: float = 1.0, motion: str = "path",
+                 step_range: tuple[float, float] = STEP_RANGE, seed: int = 0):
         super().__init__(name, sampling)
         if not isinstance(num_items, int) or num_items < 1:
             raise ValueError(f"num_items: must be a positive int, got {num_items!r}")
@@ -242,8 +300,10 @@ class ShapesSource(base.Source):
         self.num_items = num_items
         self.combos = split_combos(split, holdout_fraction, holdout_seed, tuple(holdout))
         self.textured_prob = textured_prob
-        _check_motion(tuple(size_range), tuple(travel_range), lateral_spread, sampling.height, sampling.width)
+        _check_motion(tuple(size_range), tuple(travel_range), lateral_spread, sampling.height, sampling.width, motion,
+                      tuple(step_range))
         self.size_range, self.travel_range, self.lateral_spread = tuple(size_range), tuple(travel_range), lateral_spread
+        self.motion, self.step_range = motion, tuple(step_range)
         self.seed = seed
 
     def __len__(self) -> int:
@@ -260,7 +320,8 @@ class ShapesSource(base.Source):
         s = self.sampling
         frames = render_clip(colour, shape, direction, num_frames=keyframes, height=s.height, width=s.width,
                              background=background, seed=seed, size_range=self.size_range,
-                             travel_range=self.travel_range, lateral_spread=self.lateral_spread)
+                             travel_range=self.travel_range, lateral_spread=self.lateral_spread, motion=self.motion,
+                             step_range=self.step_range)
         return base.Raw(frames, (caption_for(colour, shape, direction),), base.CLIP, f"shapes/{index}")
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str]:

@@ -9,7 +9,8 @@ Input: JSONL (``.jsonl`` or ``.json``, one object per line) or CSV (``.csv`` wit
 
 - ``short``: ``{"path", "caption", "label", "template"}`` — one random frame per video captioned with the label.
 - ``long``:  ``{"path", "caption", "label", "start_frame", "end_frame"}`` — segment-then-caption; frames
-  ``[start_frame, end_frame)`` (end exclusive, original frame indices; see ``data_pipelines.segment``).
+  ``[start_frame, end_frame)`` (end exclusive, original frame indices; see
+  ``data_pipelines.captioning.segments``).
 
 Output paths: absolute input paths are kept; relative ones are rewritten relative to the output file's directory.
 Videos that cannot be used are skipped and counted per reason: ``bad_row`` (no path/label, not JSON),
@@ -33,7 +34,7 @@ from typing import IO, Any, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from data_pipelines.captioning import (
+from data_pipelines.captioning.captioners import (
     PROMPT_TEMPLATES,
     TORCH_DTYPES,
     Captioner,
@@ -43,7 +44,7 @@ from data_pipelines.captioning import (
     validate_templates,
     video_rng,
 )
-from data_pipelines.segment import SegmentConfig
+from data_pipelines.captioning.segments import SegmentConfig
 from vidrd_jax import cli
 
 log = logging.getLogger("data_pipelines.caption")
@@ -189,8 +190,8 @@ def run_short(args: argparse.Namespace, runner: _Runner, captioner: Any, templat
 
 def run_long(args: argparse.Namespace, runner: _Runner, captioner: Any, templates: Sequence[str],
              config: SegmentConfig) -> None:
-    """Segment-then-caption per video (``data_pipelines.segment``)."""
-    from data_pipelines.segment import ClipFrameScorer, VlmRelevanceJudge, segment_then_caption
+    """Segment-then-caption per video (``data_pipelines.captioning.segments``)."""
+    from data_pipelines.captioning.segments import ClipFrameScorer, VlmRelevanceJudge, segment_then_caption
     from vidrd_jax.media import MediaError
 
     scorer = ClipFrameScorer.from_pretrained(args.clip, device=args.device, dtype=args.dtype,
@@ -269,7 +270,7 @@ def main(argv: Sequence[str] | None = None, captioner: Captioner | None = None) 
         config = SegmentConfig(frame_stride=args.frame_stride, threshold=args.threshold,
                                min_frames=args.min_frames, read_chunk=args.read_chunk)
     if captioner is None:
-        from data_pipelines.captioning import Blip2Captioner
+        from data_pipelines.captioning.captioners import Blip2Captioner
 
         captioner = Blip2Captioner.from_pretrained(args.blip2, device=args.device, dtype=args.dtype,
                                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)

@@ -6,7 +6,7 @@ Index files are CSV (header row required) or JSONL (one JSON object per line), c
 - ``path`` (required): media file; relative paths are relative to the index file's folder.
 - ``caption`` (str) and/or ``captions`` (list of str; in CSV a JSON list): one is drawn per sample.
 - ``start_frame`` / ``end_frame`` (videos, optional): the segment ``[start_frame, end_frame)`` (end exclusive),
-  as written by ``data_pipelines.segment`` (segment-then-caption) and ``data_pipelines.caption``.
+  as written by ``data_pipelines.captioning.segments`` (segment-then-caption) and ``data_pipelines.caption``.
 - any other field (e.g. ``label``) is ignored.
 
 Rows without a path, with an unparsable line or an invalid segment are counted as ``bad_row``; rows without a

@@ -1,5 +1,7 @@
-"""Test-session setup: 8 fake CPU devices (sharding tests), offline Hugging Face, fp32 matmuls."""
+"""Test-session setup: 8 fake CPU devices (sharding tests), offline Hugging Face, fp32 matmuls; shared fixtures."""
 import os
+from pathlib import Path
+from typing import Callable
 
 _DEVICES_FLAG = "--xla_force_host_platform_device_count"
 if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):  # keep a user's flags (e.g. --xla_cpu_max_isa=AVX2)
@@ -12,3 +14,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+import ml_collections  # noqa: E402
+import pytest  # noqa: E402
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[[], ml_collections.ConfigDict]:
+    """A factory of fresh copies of ``configs/tiny.py``'s config: the smallest trainer run (the trainer tests')."""
+    from vidrd_jax.config_loading import load_config
+
+    return lambda: load_config(TINY_CONFIG)

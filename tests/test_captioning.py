@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from data_pipelines import caption as caption_cli
-from data_pipelines.captioning import (
+from data_pipelines.captioning.captioners import (
     PROMPT_TEMPLATES,
     Blip2Captioner,
     choose_template,
@@ -28,7 +28,7 @@ from data_pipelines.captioning import (
     validate_templates,
     video_rng,
 )
-from data_pipelines.segment import (
+from data_pipelines.captioning.segments import (
     ClipFrameScorer,
     SegmentConfig,
     VlmRelevanceJudge,
@@ -486,6 +486,7 @@ def test_cli_long_end_to_end(tmp_path, blip2_dir, clip_dir):
 
 
 def test_importing_the_tools_does_not_import_torch():
-    code = ("import sys, data_pipelines.caption, data_pipelines.captioning, data_pipelines.segment; "
+    code = ("import sys, data_pipelines.caption, data_pipelines.captioning.captioners, "
+            "data_pipelines.captioning.segments; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

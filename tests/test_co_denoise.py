@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from numerics import assert_close
 
-from vidrd_jax.diffusion import (ClassifierFreeGuidance, CoDenoiseConfig, DDIMConfig, NoiseSchedule, co_denoise_sample,
-                                 ddim_sample, ddim_step, ddim_tables, draw_noise)
+from vidrd_jax.diffusion import (ClassifierFreeGuidance, CoDenoiseConfig, NoiseSchedule, SamplerConfig,
+                                 co_denoise_sample, ddim_sample, draw_noise)
+from vidrd_jax.diffusion.solvers import ddim_step, ddim_tables
 
 SCHEDULE = NoiseSchedule()
 WEIGHTINGS = ("uniform", "pyramid", "gaussian")
@@ -63,7 +64,7 @@ def test_single_window_equals_plain_ddim(weighting):
     assert cfg.num_windows == 1
     latents = latents_for(cfg)
     ours = co_denoise_sample(mixing_denoiser, SCHEDULE, cfg, [bias(0.3)], latents=latents)
-    plain = ddim_sample(mixing_denoiser, SCHEDULE, DDIMConfig(num_steps=4), bias(0.3), latents=latents)
+    plain = ddim_sample(mixing_denoiser, SCHEDULE, SamplerConfig(num_steps=4), bias(0.3), latents=latents)
     assert_close(ours, plain, ops=4 * STEP_OPS)
 
 
@@ -74,12 +75,12 @@ def test_single_window_with_eta_and_guidance_shared_cond():
 
     eps_fn = ClassifierFreeGuidance(model_fn, 5.0)
     cfg = config(num_frames=4, eta=0.8)
-    latents, step_noise = draw_noise(jax.random.key(4), (1, 4, 4, 4, 4), cfg.ddim)
+    latents, step_noise = draw_noise(jax.random.key(4), (1, 4, 4, 4, 4), cfg.sampler)
     text = jax.random.normal(jax.random.key(5), (1, 3, 8))
     shared = {"params": {"w": jnp.float32(0.25)}, "negative": jnp.zeros((1, 3, 8))}
     ours = co_denoise_sample(eps_fn, SCHEDULE, cfg, [{"text": text}], shared_cond=shared, latents=latents,
                              step_noise=step_noise)
-    plain = ddim_sample(eps_fn, SCHEDULE, cfg.ddim, {**shared, "text": text}, latents=latents, step_noise=step_noise)
+    plain = ddim_sample(eps_fn, SCHEDULE, cfg.sampler, {**shared, "text": text}, latents=latents, step_noise=step_noise)
     assert_close(ours, plain, ops=4 * (STEP_OPS + 8))  # + guidance (2 passes, 3 ops) and eta noise (~5 ops)
 
 
@@ -104,8 +105,8 @@ def test_windows_use_their_prompts_cond():
     assert cfg.window_prompts() == (0, 0, 1, 1)
     latents = latents_for(cfg)
     ours = np.asarray(co_denoise_sample(pointwise_denoiser, SCHEDULE, cfg, [bias(0.5), bias(-2.0)], latents=latents))
-    with_a = np.asarray(ddim_sample(pointwise_denoiser, SCHEDULE, cfg.ddim, bias(0.5), latents=latents))
-    with_b = np.asarray(ddim_sample(pointwise_denoiser, SCHEDULE, cfg.ddim, bias(-2.0), latents=latents))
+    with_a = np.asarray(ddim_sample(pointwise_denoiser, SCHEDULE, cfg.sampler, bias(0.5), latents=latents))
+    with_b = np.asarray(ddim_sample(pointwise_denoiser, SCHEDULE, cfg.sampler, bias(-2.0), latents=latents))
     assert_close(ours[:, :4], with_a[:, :4], ops=4 * STEP_OPS)
     assert_close(ours[:, 4:], with_b[:, 4:], ops=4 * STEP_OPS)
     assert not np.allclose(with_a[:, 4:], with_b[:, 4:], atol=1e-2)
@@ -115,7 +116,7 @@ def test_weights_normalise_constant_denoiser():
     """With a frame-wise constant prediction every window proposes the same x_{t-1} for a frame, so every weighting
     must return exactly plain DDIM on the whole video."""
     latents = latents_for(config())
-    plain = ddim_sample(constant_denoiser, SCHEDULE, DDIMConfig(num_steps=4), bias(0.1), latents=latents)
+    plain = ddim_sample(constant_denoiser, SCHEDULE, SamplerConfig(num_steps=4), bias(0.1), latents=latents)
     for weighting in WEIGHTINGS:
         ours = co_denoise_sample(constant_denoiser, SCHEDULE, config(weighting=weighting), [bias(0.1)], latents=latents)
         assert_close(ours, plain, ops=4 * STEP_OPS, err_msg=weighting)

@@ -128,3 +128,76 @@ def test_motion_ranges_are_honoured_and_checked():
     sampling = transforms.Sampling(num_frames=4, stride=2, height=32, width=32)
     with pytest.raises(ValueError, match="travel_range"):
         builtin.ShapesSource("shapes", sampling, num_items=4, travel_range=(0.7, 0.8))
+
+
+WRAP = dict(motion="wrap", step_range=(0.16, 0.18), lateral_spread=0.0)
+
+
+def _circular_centre(mask: np.ndarray) -> np.ndarray:
+    """(y, x) circular mean of a mask's pixel centres (an object across an edge is one object)."""
+    sides = np.asarray(mask.shape, np.float64)
+    angles = 2 * np.pi * (np.argwhere(mask) + 0.5) / sides
+    mean = np.arctan2(np.sin(angles).mean(0), np.cos(angles).mean(0))
+    return np.mod(mean * sides / (2 * np.pi), sides)
+
+
+@pytest.mark.parametrize("direction", list(builtin.DIRECTIONS))
+def test_wrap_clips_continue_the_same_trajectory(direction):
+    kwargs = dict(height=32, width=40, background="textured", seed=11, **WRAP)
+    long, centres = builtin.render_clip("green", "cross", direction, num_frames=12, return_centers=True, **kwargs)
+    for start in (0, 4, 8):  # three 4-frame clips of one 12-frame trajectory: each starts where the last ended
+        clip, clip_centres = builtin.render_clip("green", "cross", direction, num_frames=4, start_frame=start,
+                                                 return_centers=True, **kwargs)
+        np.testing.assert_array_equal(clip, long[start:start + 4])
+        np.testing.assert_array_equal(clip_centres, centres[start:start + 4])
+    # the step from a clip's last frame to the next clip's first is an ordinary step (modulo the frame)
+    dy, dx = builtin.DIRECTIONS[direction]
+    along = 32 if dy else 40
+    steps = np.mod(np.diff(centres[:, 0 if dy else 1]) * (dy or dx), along)
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-9)
+    assert 0.16 * along <= steps[0] <= 0.18 * along
+
+
+@pytest.mark.parametrize("direction", list(builtin.DIRECTIONS))
+def test_wrap_motion_keeps_the_captions_direction_across_the_edge(direction):
+    dy, dx = builtin.DIRECTIONS[direction]
+    crossings = 0
+    for seed in range(3):
+        frames, centres = builtin.render_clip("red", "circle", direction, num_frames=12, height=32, seed=seed,
+                                              return_centers=True, **WRAP)
+        measured = np.array([_circular_centre(_mask(f, "red")) for f in frames])
+        offset = np.mod(measured - centres + 16.0, 32.0) - 16.0
+        np.testing.assert_allclose(offset, 0.0, atol=0.5)  # the drawn object is where the trajectory says
+        step = np.mod(np.diff(measured, axis=0) + 16.0, 32.0) - 16.0  # frame to frame, modulo the frame
+        along, across = (step[:, 0], step[:, 1]) if dy else (step[:, 1], step[:, 0])
+        assert np.all(along * (dy or dx) > 4.5) and np.all(np.abs(across) < 0.5)  # every step the stated way
+        raw = np.diff(centres[:, 0 if dy else 1]) * (dy or dx)
+        crossings += int(np.sum(raw < 0))  # wrapped around an edge
+        # a frame with the object across the edge shows it on both sides
+        straddling = [f for f, c in zip(frames, centres[:, 0 if dy else 1]) if min(c, 32 - c) < 2.0]
+        for f in straddling:
+            profile = _mask(f, "red").any(axis=1 if dy else 0)
+            assert profile[0] and profile[-1]
+    assert crossings >= 3  # 12 frames at 16-18 % of the frame per frame cross an edge about twice
+
+
+def test_wrap_phases_cover_the_frame_and_the_source_renders_them():
+    starts = [builtin.render_clip("blue", "square", "right", num_frames=1, height=32, seed=s, return_centers=True,
+                                  **WRAP)[1][0, 1] for s in range(400)]
+    counts = np.histogram(starts, bins=8, range=(0.0, 32.0))[0]
+    assert counts.min() >= 25, counts  # uniform phase: ~50 per bin (binomial sd ~6.6)
+    sampling = transforms.Sampling(num_frames=4, stride=2, height=32, width=32)
+    source = builtin.ShapesSource("shapes", sampling, num_items=20, seed=2, **WRAP)
+    for i in (0, 7):
+        (colour, shape, direction), background, seed = source.item(i)
+        frames, caption = source.load(i, None)
+        assert caption == builtin.caption_for(colour, shape, direction)
+        np.testing.assert_array_equal(frames, builtin.render_clip(colour, shape, direction, num_frames=4, height=32,
+                                                                  background=background, seed=seed, **WRAP))
+    for kwargs, message in ((dict(motion="bounce"), "motion: must be one of"),
+                            (dict(motion="wrap", step_range=(0.3, 0.5)), "step_range: need 0 < low <= high <= 0.45"),
+                            (dict(start_frame=4), "start_frame: only motion='wrap'")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            builtin.render_clip("red", "circle", "up", num_frames=2, height=32, **kwargs)
+    with pytest.raises(ValueError, match="motion"):
+        builtin.ShapesSource("shapes", sampling, num_items=4, motion="bounce")

@@ -72,7 +72,7 @@ def test_video_resize_shorter_side_then_crop(media_dir):
 
 
 def test_segments_from_the_captioning_index(media_dir):
-    """Rows written by data_pipelines.segment: [start_frame, end_frame), end exclusive."""
+    """Rows written by data_pipelines.captioning.segments: [start_frame, end_frame), end exclusive."""
     root, _ = media_dir
     index = write_jsonl(os.path.join(root, "segments.jsonl"), [
         {"path": "long.mp4", "caption": "first part", "label": "x", "start_frame": 5, "end_frame": 15},

@@ -73,16 +73,18 @@ def test_evaluation_table_and_sampler_ablation(demo):
     # The paper's ablation (§5.4) on our data: reused, guided prompt frames (DSG + PNS, reverse mapping) make the
     # clip junctions as smooth as the frames inside a clip; without DSG/PNS the junctions jump.
     # Margins: half the smallest measured over training seeds 0-2 x two float paths (default, AVX2 cap), with
-    # benchmarks/demo_seeds.py --size test (BENCHMARKS.md, "Test size"): main ratio <= 0.27 against the mark of 2,
-    # every other variant at least 0.19 above it.
-    assert evaluation["passes"]["junction_ratio"] and main["junction_ratio"] <= 2.0
+    # benchmarks/demo_seeds.py --size test (BENCHMARKS.md, "Test size"): main ratio <= 0.27 against the mark of 1.5,
+    # every other variant at least 0.19 above it (wrapping data, seeds 0 and 1, default path: main 0.21-0.22, other
+    # variants at least 0.13 above it).
+    assert evaluation["passes"]["junction_ratio"] and main["junction_ratio"] <= 1.5
     for variant in ("forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns"):
         assert model[variant]["junction_ratio"] > main["junction_ratio"] + ABLATION_MARGIN, (variant, model[variant],
                                                                                              main)
     # The colour / direction pass marks (0.8 / 0.7) are reported pass/FAIL in the table and belong to the full demo:
     # this size's minute of training reaches neither (colour 0.03-0.09, direction 0.03-0.28 over seeds 0-2 x two
     # float paths; its autoencoder keeps almost no object colour), so they are not asserted here.
-    assert set(evaluation["passes"]) == {"colour_accuracy", "direction_accuracy", "junction_ratio"}
+    assert set(evaluation["passes"]) == {"colour_accuracy", "direction_accuracy", "junction_ratio", "jump_ratio",
+                                         "motion_ratio"}
 
 
 def test_temporal_decoder_lowers_flicker(demo):

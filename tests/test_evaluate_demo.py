@@ -126,3 +126,80 @@ def test_cli_finds_its_default_config_from_any_directory_and_errors_in_one_line(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.match(f"error: {message}", err[0]), err
     assert list(tmp_path.iterdir()) == []  # the checkpoints are checked before anything is written
+
+
+WRAP = dict(motion="wrap", step_range=(0.16, 0.18), lateral_spread=0.0)  # the demo's training motion
+
+
+def _wrapping_videos(combos, frames=12):
+    """One continuing trajectory per combo that wraps around the frame's edges (12 frames cross one about twice)."""
+    return np.stack([builtin.render_clip(*c, num_frames=frames, height=32, seed=i,
+                                         background=builtin.BACKGROUNDS[i % 2], **WRAP) for i, c in enumerate(combos)])
+
+
+def test_centroids_and_steps_on_a_torus():
+    frames, centres = builtin.render_clip("red", "circle", "right", num_frames=12, height=32, seed=0,
+                                          return_centers=True, **WRAP)
+    masks = ev.object_masks(frames, THRESHOLD)
+    edge = int(np.argmin(np.minimum(centres[:, 1], 32 - centres[:, 1])))  # the frame closest to an edge
+    assert min(centres[edge, 1], 32 - centres[edge, 1]) < 3.0 and masks[edge][:, 0].any() and masks[edge][:, -1].any()
+    points = ev.centroids(masks, torus=True)
+    # pixel-index centroids sit half a pixel before the pixel-centre coordinates of the renderer
+    offset = np.mod(np.asarray(points) + 0.5 - centres + 16.0, 32.0) - 16.0
+    np.testing.assert_allclose(offset, 0.0, atol=0.5)
+    assert abs(ev.centroids(masks)[edge][1] - centres[edge, 1]) > 5.0  # the plain mean of both halves is elsewhere
+    np.testing.assert_allclose(ev.centroid_step(np.array([16.0, 30.0]), np.array([16.0, 2.0]), (32, 32)), [0.0, 4.0])
+    np.testing.assert_allclose(ev.centroid_step(np.array([1.0, 2.0]), np.array([31.0, 30.0]), (32, 32)), [-2.0, -4.0])
+    np.testing.assert_allclose(ev.centroid_step(np.array([1.0, 2.0]), np.array([31.0, 30.0])), [30.0, 28.0])
+    total = ev.centroid_displacement(points, (32, 32))
+    assert total[1] == pytest.approx(centres[-1, 1] + 32.0 * np.sum(np.diff(centres[:, 1]) < 0) - centres[0, 1],
+                                     abs=1.0)  # the path, unwrapped: more than a frame width
+    assert total[1] > 32.0 and abs(total[0]) < 0.5
+
+
+def test_wrapping_motion_is_scored_on_a_torus():
+    combos = builtin.heldout_combos(0.2, 0)
+    videos = _wrapping_videos(combos)
+    scores = ev.score_videos(videos, combos, 4, THRESHOLD, torus=True)
+    assert scores["direction_accuracy"] == 1.0 and scores["colour_accuracy"] == 1.0
+    # crossing an edge is an ordinary step: junctions are inside steps, and the motion is the renderer's speed
+    assert scores["jump_ratio"] == pytest.approx(1.0, abs=0.1)
+    assert scores["junction_ratio"] == pytest.approx(1.0, abs=0.1)
+    assert 0.16 * 32 - 0.3 < scores["motion"] < 0.18 * 32 + 0.3
+    # Scored on the plane, an object across an edge has its centroid mid-frame: wrong directions, inflated motion.
+    flat = ev.score_videos(videos, combos, 4, THRESHOLD)
+    assert flat["direction_accuracy"] < 0.9 and flat["motion"] > scores["motion"] + 1.0
+
+
+def _results(variants: dict, c) -> dict:
+    results = {"model": variants, "data": {"rendered": ev.data_scores(c)}}
+    ev.add_motion_ratios(results)
+    return results
+
+
+def test_continuation_marks_need_smooth_junctions_and_motion():
+    c = ev.get_default_config()
+    c.render.update(WRAP)
+    c.update(num_prompts=8, seeds=(0,), num_clips=3, num_frames=4, resolution=32)
+    combos = ev.evaluation_prompts(c)
+    continuing = _wrapping_videos(combos)
+    still = np.repeat(continuing[:, :1], 12, axis=1)  # perfectly smooth at every junction, and not moving
+    restarting = np.stack([_long_video(x, i, background="plain") for i, x in enumerate(combos)])
+    scored = {name: ev.score_videos(videos, combos, 4, THRESHOLD, torus=True)
+              for name, videos in zip(ev.VARIANTS, (continuing, still, restarting, continuing[:, ::-1]))}
+    results = _results(scored, c)
+    marks = {name: ev.continuation_marks(scores, c.thresholds) for name, scores in results["model"].items()}
+    assert results["data"]["rendered"]["motion_ratio"] == 1.0
+    assert marks["reverse_dsg_pns"] == {"junction_ratio": True, "jump_ratio": True, "motion_ratio": True}
+    assert results["model"]["reverse_dsg_pns"]["motion_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert marks["forward_dsg_pns"] == {"junction_ratio": True, "jump_ratio": True, "motion_ratio": False}
+    assert results["model"]["forward_dsg_pns"]["motion"] == 0.0
+    assert not marks["reverse_no_dsg_pns"]["jump_ratio"]  # each clip restarts its path
+    assert all(marks["forward_no_dsg_pns"].values())  # time reversed still continues (direction is scored apart)
+    assert ev.passes(results, c.thresholds) == {"colour_accuracy": True, "direction_accuracy": True,
+                                                "junction_ratio": True, "jump_ratio": True, "motion_ratio": True}
+    table = ev.format_marks(results, c.thresholds).splitlines()
+    assert table[0] == "| variant | junction ratio <= 1.5 | jump ratio <= 1.5 | motion ratio >= 0.5 | continues |"
+    assert [row.split(" | ")[-1] for row in table[2:]] == ["yes |", "no |", "no |", "yes |"]
+    assert "(FAIL)" in table[3] and table[3].count("(pass)") == 2
+    assert "| data | rendered |" in ev.format_table(results)

@@ -222,6 +222,20 @@ def test_codenoise_cli_spreads_prompts_over_windows(checkpoint, tmp_path, traces
     assert traces.count(WINDOW_SHAPE) == 1
 
 
+@pytest.mark.parametrize("mode_args", [("--num_clips", "2"), ("--mode", "codenoise", "--num_frames", "8",
+                                                             "--config.codenoise.window_size=4",
+                                                             "--config.codenoise.stride=2",
+                                                             "--config.codenoise.decode_frames=4")])
+def test_both_modes_run_with_dpm_solver(checkpoint, tmp_path, mode_args):
+    """``--config.solver=dpm_solver++`` reaches the sampler of either mode: other frames than DDIM's."""
+    runs = [run_cli(checkpoint, tmp_path / f"{name}.mp4", *mode_args, "--seed", "0", f"--config.solver={solver}")
+            for name, solver in (("dpm", "dpm_solver++"), ("ddim", "ddim"))]
+    assert [r["sampler"]["solver"] for r in runs] == ["dpm_solver++", "ddim"]
+    assert runs[0]["videos"][0]["frames_sha256"] != runs[1]["videos"][0]["frames_sha256"]
+    frames = media.read_video(tmp_path / "dpm.gif")
+    assert frames.shape[0] == runs[0]["frames_per_video"] == 8 and frames.std() > 0
+
+
 def test_batch_file_one_video_per_line_and_one_trace_for_1_or_6_clips(checkpoint, tmp_path, traces):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\n\na blue circle\n")
@@ -260,6 +274,8 @@ def test_batch_file_one_video_per_line_and_one_trace_for_1_or_6_clips(checkpoint
     (["--mode", "codenoise", "--num_clips", "2"], None, r"--num_clips applies to --mode vidrd"),
     (["--mode", "codenoise", "--num_frames", "8"], ("a", "b"), r"2 prompts but --num_frames 8 gives only 1 window"),
     (["--mode", "sideways"], None, r"--mode"),
+    (["--config.solver=euler"], None, r"config\.solver must be one of \('ddim', 'dpm_solver\+\+'\)"),
+    (["--config.solver=dpm_solver++", "--config.eta=0.5"], None, r"config\.eta must be 0 with solver='dpm_solver\+\+'"),
     (["--batch_prompts_file", "/nonexistent/prompts.txt"], None, r"--batch_prompts_file"),
     (["--checkpoint", "/nonexistent/ckpt"], None, r"--checkpoint: directory '/nonexistent/ckpt' does not exist"),
     (["stray"], None, r"unexpected arguments"),

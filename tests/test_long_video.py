@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numerics import assert_close
 
-from vidrd_jax.diffusion import (DDIMConfig, LongVideoConfig, NoiseSchedule, ddim_sample, draw_noise,
+from vidrd_jax.diffusion import (LongVideoConfig, NoiseSchedule, SamplerConfig, ddim_sample, draw_noise,
                                  generate_long_video, sample_clip)
 
 SCHEDULE = NoiseSchedule()
@@ -81,7 +81,7 @@ def test_guided_steps_are_applied_per_clip():
 def test_one_clip_equals_plain_ddim():
     noise = noises(1)
     (clip,) = run(config(num_clips=1), noise=noise)
-    plain = ddim_sample(mixing_denoiser, SCHEDULE, DDIMConfig(num_steps=8), COND, latents=noise[0])
+    plain = ddim_sample(mixing_denoiser, SCHEDULE, SamplerConfig(num_steps=8), COND, latents=noise[0])
     assert_close(clip.latents, plain, ops=8 * STEP_OPS)  # 8 steps of the same maths, possibly compiled differently
 
 
@@ -164,7 +164,7 @@ def test_explicit_noise_is_bitwise_reproducible_and_matches_key():
     cfg = config(eta=0.5)
     key = jax.random.key(11)
     from_key = run(cfg, key=key, latent_shape=SHAPE)
-    drawn = [draw_noise(jax.random.fold_in(key, i), SHAPE, cfg.ddim) for i in range(cfg.num_clips)]
+    drawn = [draw_noise(jax.random.fold_in(key, i), SHAPE, cfg.sampler) for i in range(cfg.num_clips)]
     explicit = [run(cfg, noise=[np.asarray(d[0]) for d in drawn], step_noise=[np.asarray(d[1]) for d in drawn])
                 for _ in range(2)]
     for a, b, c in zip(from_key, *explicit):

@@ -7,8 +7,9 @@ import torch
 from diffusers import DDIMScheduler
 from numerics import assert_close
 
-from vidrd_jax.diffusion import (ClassifierFreeGuidance, DDIMConfig, NoiseSchedule, add_noise, ddim_sample, ddim_step,
-                                 ddim_tables, draw_noise, get_velocity, training_target)
+from vidrd_jax.diffusion import (ClassifierFreeGuidance, NoiseSchedule, SamplerConfig, add_noise, ddim_sample,
+                                 draw_noise, get_velocity, training_target)
+from vidrd_jax.diffusion.solvers import ddim_step, ddim_tables
 
 SHAPE = (1, 3, 4, 4, 4)
 CUMPROD_OPS = 1000  # diffusers' float32 cumprod of 1000 factors rounds once per factor, relative to each element
@@ -49,9 +50,9 @@ def test_config_validation_and_from_diffusers():
     with pytest.raises(ValueError, match="beta_end"):
         NoiseSchedule(beta_end=0.0001)
     with pytest.raises(ValueError, match="num_steps"):
-        DDIMConfig(num_steps=0)
+        SamplerConfig(num_steps=0)
     with pytest.raises(ValueError, match="eta"):
-        DDIMConfig(eta=-0.1)
+        SamplerConfig(eta=-0.1)
     with pytest.raises(ValueError, match="num_steps=1000"):  # leading + offset 1 would need timestep 1000
         NoiseSchedule().ddim_timesteps(1000)
 
@@ -87,7 +88,7 @@ def test_zero_terminal_snr_matches_diffusers():
     with pytest.raises(ValueError, match="rescale_betas_zero_snr=True needs prediction_type='v_prediction'"):
         NoiseSchedule(rescale_betas_zero_snr=True)
     # A DDIM loop that starts at SNR 0 stays finite and matches diffusers step by step.
-    config = DDIMConfig(num_steps=10)
+    config = SamplerConfig(num_steps=10)
     latents, _ = draw_noise(jax.random.key(3), SHAPE, config)
     cond = {"bias": jnp.float32(0.5)}
     x_ours = ddim_sample(linear_denoiser, ours, config, cond, latents=latents)
@@ -120,7 +121,7 @@ def test_single_step_matches_diffusers(prediction_type, eta):
 
 @pytest.mark.parametrize("prediction_type,eta", [("epsilon", 0.0), ("v_prediction", 0.0), ("epsilon", 0.5)])
 def test_full_loop_matches_diffusers(prediction_type, eta):
-    schedule, config = NoiseSchedule(prediction_type=prediction_type), DDIMConfig(num_steps=25, eta=eta)
+    schedule, config = NoiseSchedule(prediction_type=prediction_type), SamplerConfig(num_steps=25, eta=eta)
     cond = {"bias": jnp.float32(0.5)}
     latents, step_noise = draw_noise(jax.random.key(1), SHAPE, config)
     ours = ddim_sample(linear_denoiser, schedule, config, cond, latents=latents, step_noise=step_noise)
@@ -167,7 +168,7 @@ def test_gaussian_data_probability_flow(prediction_type):
         a_T = float(schedule.alphas_cumprod[ddim_tables(schedule, steps).timesteps[0]])
         v_T = a_T * sigma ** 2 + 1 - a_T
         want = np.sqrt(a_end) * mu + np.sqrt(v_end / v_T) * (x_T - np.sqrt(a_T) * mu)
-        out = ddim_sample(eps_fn, schedule, DDIMConfig(num_steps=steps), {}, latents=x_T)
+        out = ddim_sample(eps_fn, schedule, SamplerConfig(num_steps=steps), {}, latents=x_T)
         errors[steps] = float(np.max(np.abs(np.asarray(out) - want)))
     assert errors[500] < 1e-2 * np.max(np.abs(want)), errors
     assert errors[500] < errors[50] / 5, errors  # first-order convergence in the step count
@@ -191,7 +192,7 @@ def test_add_noise_and_velocity_match_diffusers():
 
 
 def test_explicit_noise_equals_key_and_eta_needs_noise():
-    schedule, config = NoiseSchedule(), DDIMConfig(num_steps=5, eta=1.0)
+    schedule, config = NoiseSchedule(), SamplerConfig(num_steps=5, eta=1.0)
     cond = {"bias": jnp.float32(0.1)}
     key = jax.random.key(7)
     from_key = ddim_sample(linear_denoiser, schedule, config, cond, key=key, shape=SHAPE)
@@ -231,7 +232,7 @@ def test_guidance_one_batched_call_per_step():
     assert calls == [1]  # scale 1: the conditional half only
 
     calls.clear()
-    ddim_sample(ClassifierFreeGuidance(model_fn, 7.5), NoiseSchedule(), DDIMConfig(num_steps=6), cond, latents=z)
+    ddim_sample(ClassifierFreeGuidance(model_fn, 7.5), NoiseSchedule(), SamplerConfig(num_steps=6), cond, latents=z)
     assert calls == [2]  # traced once inside the scan: one batched call per step
     assert ClassifierFreeGuidance(model_fn, 7.5) == ClassifierFreeGuidance(model_fn, 7.5)  # jit cache key
     with pytest.raises(ValueError, match="guidance_scale"):

@@ -15,17 +15,13 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from numerics import assert_close
 
+import data_pipelines
 from vidrd_jax import checkpoints, parallel, train, train_config
 from vidrd_jax import train_state as ts
-from vidrd_jax.config_loading import load_config
 from vidrd_jax.tasks import Task
 from vidrd_jax.tasks.denoising import PAPER_TRAINABLE_REGEX, DenoisingTask
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
-
-
-def tiny_config():
-    return load_config(TINY_CONFIG)
 
 
 def _host(tree):
@@ -58,9 +54,7 @@ def write_random_checkpoint(config, directory: str, seed: int = 0) -> str:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    import data_pipelines
-
+def setup(tmp_path_factory, tiny_config):
     config = tiny_config()
     # Start from a checkpoint (the SD-2.1 path): no init program to compile. Fresh init: test_train_processes.py.
     config.model.init_from = write_random_checkpoint(config, str(tmp_path_factory.mktemp("init")))
@@ -87,7 +81,7 @@ def setup(tmp_path_factory):
                 host_state=_host(state), step_sharded=step_sharded, step_single=step_single)
 
 
-def test_parameters_missing_from_the_checkpoint_get_the_full_inits_values(tmp_path):
+def test_parameters_missing_from_the_checkpoint_get_the_full_inits_values(tmp_path, tiny_config):
     """Over a checkpoint, only the missing parameters are initialised (XLA drops the rest of the init program); they
     get exactly the values of the whole model's init from the run's seed, the others the checkpoint's."""
     config = tiny_config()
@@ -198,7 +192,7 @@ def test_paper_trainable_set_at_sd21_size():
     assert not any(labels[p] != ts.FROZEN for p in sizes if re.search(r"resnets_\d+/|proj_in|proj_out", p))
 
 
-def test_config_errors_name_the_field():
+def test_config_errors_name_the_field(tiny_config):
     cases = [("grad_accum_steps", 3, "config.grad_accum_steps"), ("ema.decay", 1.0, "config.ema.decay"),
              ("optimizer.schedule", "step", "config.optimizer.schedule"),
              ("trainable_regex", "(", "config.trainable_regex"), ("model.preset", "huge", "config.model.preset"),
@@ -225,7 +219,7 @@ def test_config_errors_name_the_field():
         train.build_trainer(config, devices=jax.devices()[:1])
 
 
-def test_lr_mults_give_matching_parameters_their_own_scaled_optimizer_group():
+def test_lr_mults_give_matching_parameters_their_own_scaled_optimizer_group(tiny_config):
     config = tiny_config()
     config.trainable_regex = r"^(unet|text_encoder)/"
     config.lr_mults = ((r"^text_encoder/.*embeddings", 0.5), (r"^text_encoder/", 0.1))

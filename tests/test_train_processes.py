@@ -29,17 +29,13 @@ import portpicker
 import pytest
 from numerics import assert_close
 
-from vidrd_jax import checkpoints, export, metrics, train
+from vidrd_jax import checkpoints, export, train
+from vidrd_jax import metric_writer as metrics
 from vidrd_jax import train_state as ts
-from vidrd_jax.config_loading import load_config
 from vidrd_jax.tasks.denoising import DenoisingTask
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
-
-
-def tiny_config():
-    return load_config(REPO / "configs" / "tiny.py")
 
 
 def _env(devices: int) -> dict:
@@ -158,7 +154,7 @@ def test_default_verbosity_hides_orbax_info_lines(runs):
                 line], log[-3000:]
 
 
-def test_sample_videos_from_the_ema_weights(runs):
+def test_sample_videos_from_the_ema_weights(runs, tiny_config):
     from vidrd_jax import media
 
     n = runs["stopped_at"]
@@ -297,8 +293,7 @@ for it in iterators:
 """
 
 
-def _write_random_checkpoint(directory: Path) -> str:
-    config = tiny_config()
+def _write_random_checkpoint(directory: Path, config) -> str:
     task = DenoisingTask(config)
     shapes, _ = task.abstract_params()
     rng = np.random.default_rng(1)
@@ -314,14 +309,14 @@ def _write_random_checkpoint(directory: Path) -> str:
     return checkpoints.save_inference_checkpoint(str(directory), params, model_config)
 
 
-def test_two_processes_train_like_one(tmp_path, cache):
+def test_two_processes_train_like_one(tmp_path, cache, tiny_config):
     """2 steps on 2 processes x 1 device == 2 steps of one process that reads both data shards into one batch.
 
     Tolerance (numerics.py): gradients of the tiny UNet (forward + backward chains of ~100 roundings) are summed in
     another order (two partial sums + all-reduce), so 256 roundings of each leaf's scale; parameters and their EMA
     also get the most two Adam steps can move them (2 x the peak learning rate), the scale their updates differ at.
     """
-    init = _write_random_checkpoint(tmp_path / "init")
+    init = _write_random_checkpoint(tmp_path / "init", tiny_config())
     workdir = tmp_path / "two_processes"
     port = portpicker.pick_unused_port()
     common = ("--config.total_steps=2", "--config.checkpoint.every_steps=2", f"--config.model.init_from={init}",

@@ -15,7 +15,8 @@ from flax.linen import meta
 import torch_reference
 from numerics import assert_close
 from vidrd_jax.convert import naming
-from vidrd_jax.models.temporal_layers import TemporalConv, frame_position_embedding
+from vidrd_jax.models.layers import conv
+from vidrd_jax.models.temporal_layers import FrameConv, TemporalConv, frame_position_embedding
 from vidrd_jax.models.unet3d import BasicTransformerBlock, UNet3D, UNet3DConfig
 
 B, F, S, L = 2, 3, 8, 5  # batch, frames, latent size, text length
@@ -210,6 +211,22 @@ def test_temporal_conv_matches_torch_reference(num_layers, frames):
         assert np.abs(ours - x).max() > 1e-2
 
 
+@pytest.mark.parametrize("padding,frames", [("zeros", 5), ("replicate", 5), ("zeros", 2), ("replicate", 1)])
+def test_frame_conv_equals_a_generic_conv3d_and_keeps_nn_conv_params(padding, frames):
+    x = np.random.RandomState(3).randn(2, frames, 3, 2, 8).astype(np.float32)
+    module = FrameConv(6, padding)
+    params = _jit(module.init)(jax.random.PRNGKey(4), x)["params"]
+    generic = conv(6, (3, 1, 1), padding="VALID")  # the nn.Conv whose init, names and shapes checkpoints hold
+    reference = meta.unbox(_jit(generic.init)(jax.random.PRNGKey(4), x)["params"])
+    jax.tree.map(np.testing.assert_array_equal, meta.unbox(params), reference)
+    params = _randomize(meta.unbox(params), seed=5, scale=0.3)
+    mode = "edge" if padding == "replicate" else "constant"
+    padded = np.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)), mode=mode)
+    expected = _jit(generic.apply)({"params": params}, padded)
+    # each output sums 3 frames x 8 channels of products
+    assert_close(_jit(module.apply)({"params": params}, x), expected, ops=3 * 8 + 2)
+
+
 def test_temporal_conv_fresh_is_identity_and_dropout_is_stochastic():
     x = np.random.RandomState(2).randn(1, 4, 2, 2, 16).astype(np.float32)
     module = TemporalConv(num_layers=4, num_groups=4)
@@ -258,13 +275,14 @@ def test_official_position_embedding_quirks():
     assert_close(zero_pe, _jit(spatial_only.apply)({"params": spatial_params}, h, ctx), ops=BLOCK_OPS)
 
 
-def test_dot_product_attention_impl_matches_plain():
+@pytest.mark.parametrize("impl", ["dot_product", "chunked", "auto"])
+def test_attention_impls_match_plain(impl):
     rs = np.random.RandomState(5)
     h, ctx = rs.randn(2, 3, 6, 16).astype(np.float32), rs.randn(2, 4, 8).astype(np.float32)
-    plain = BasicTransformerBlock(2)
+    plain = BasicTransformerBlock(2, attention_impl="plain")
     params = {"params": _random_params(plain, h, ctx, seed=6)}
-    fused = BasicTransformerBlock(2, attention_impl="dot_product")
-    assert_close(_jit(fused.apply)(params, h, ctx), _jit(plain.apply)(params, h, ctx), ops=BLOCK_OPS)
+    other = BasicTransformerBlock(2, attention_impl=impl)
+    assert_close(_jit(other.apply)(params, h, ctx), _jit(plain.apply)(params, h, ctx), ops=BLOCK_OPS)
 
 
 # --- the SD-2.1 parameter tree -----------------------------------------------------------------------------------

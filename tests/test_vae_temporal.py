@@ -19,12 +19,12 @@ from numerics import assert_close
 
 import data_pipelines
 from vidrd_jax import checkpoints, config_loading, export, train, train_config, video_metrics
-from vidrd_jax import metrics as metrics_lib
+from vidrd_jax import metric_writer as metrics_lib
 from vidrd_jax import train_state as ts
 from vidrd_jax.convert import naming
 from vidrd_jax.models.discriminator import clip_accuracy
 from vidrd_jax.models.vae import AutoencoderKL, VAEConfig
-from vidrd_jax.tasks import vae_temporal
+from vidrd_jax.tasks import autoencoder_losses, kl_autoencoder
 from vidrd_jax.tasks.vae_temporal import VAETemporalTask
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "vae_temporal.py"
@@ -56,7 +56,7 @@ def pretrain_vae(vae_config: VAEConfig, data_config, steps: int, seed: int = 0):
 
         def loss_fn(p):
             recon, mean, logvar = model.apply({"params": p}, x, sample_posterior=True, rng=rng)
-            return jnp.mean(jnp.abs(recon - x)) + KL_WEIGHT * jnp.mean(vae_temporal.kl_divergence(mean, logvar))
+            return jnp.mean(jnp.abs(recon - x)) + KL_WEIGHT * jnp.mean(autoencoder_losses.kl_divergence(mean, logvar))
 
         grads = jax.grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -183,7 +183,7 @@ def test_checkpoints_hold_both_players_and_export_loads_in_the_generator_tree(ru
     finally:
         ckpt.close()
     inner = restored.opt_state.inner_states
-    assert set(inner) == {vae_temporal.GENERATOR, vae_temporal.DISCRIMINATOR}
+    assert set(inner) == {kl_autoencoder.GENERATOR, kl_autoencoder.DISCRIMINATOR}
     for a, b in zip(jax.tree.leaves(jax.device_get(restored.opt_state)), jax.tree.leaves(jax.device_get(
             run.state.opt_state))):
         np.testing.assert_array_equal(a, b)
@@ -243,7 +243,7 @@ def test_adaptive_weight_gradient_and_disc_start(run):
         # The last-layer gradients behind LDM's adaptive weight vs autodiff through the decoder w.r.t. conv_out.
         recon, last_input = task.decode(params, z, video.shape[1])
         nll = lambda r: task.reconstruction_loss(params, video, r.reshape(video.shape))[0]  # noqa: E731
-        via_conv = vae_temporal.conv_kernel_grads(last_input, kernel, jax.grad(nll)(recon))[0]
+        via_conv = autoencoder_losses.conv_kernel_grads(last_input, kernel, jax.grad(nll)(recon))[0]
         autodiff = jax.grad(lambda k: nll(task.decode(with_kernel(k), z, video.shape[1])[0]))(kernel)
         return grads, via_conv, autodiff
 

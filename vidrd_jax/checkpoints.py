@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -32,6 +33,7 @@ from etils import epath
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 TRAIN_CHECKPOINT_DIR = "checkpoints"  # WORKDIR/checkpoints/<step>/...
+TOKENIZER_DIR = "tokenizer"  # an inference checkpoint's copy of its tokenizer folder
 
 
 def absolute(path: str) -> str:
@@ -49,6 +51,18 @@ def save_inference_checkpoint(directory: str, params: Mapping[str, Any], model_c
     checkpointer.wait_until_finished()
     (root / MODEL_CONFIG_FILE).write_text(json.dumps(dict(model_config), indent=2, sort_keys=True))
     return directory
+
+
+def copy_tokenizer(model_config: Mapping[str, Any], directory: str) -> dict[str, Any]:
+    """Copies ``model_config["tokenizer"]`` (a tokenizer folder, or a model folder holding ``tokenizer/``) to
+    ``directory/tokenizer``, so the checkpoint is self-contained; returns the model config pointing there."""
+    tokenizer = model_config.get("tokenizer")
+    if not tokenizer:
+        return dict(model_config)
+    nested = os.path.join(tokenizer, TOKENIZER_DIR)
+    shutil.copytree(nested if os.path.isdir(nested) else tokenizer, os.path.join(directory, TOKENIZER_DIR),
+                    dirs_exist_ok=True)
+    return {**model_config, "tokenizer": TOKENIZER_DIR}
 
 
 def training_workdir(directory: str) -> str | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sys
 from typing import Sequence
 
@@ -27,7 +26,6 @@ from vidrd_jax import checkpoints, cli
 from vidrd_jax import train_state as ts
 from vidrd_jax.tasks import get_task_class
 
-TOKENIZER_DIR = "tokenizer"
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
@@ -56,20 +54,17 @@ def export(workdir: str, out: str, *, use_ema: bool = False, dtype: str = "float
     params = ts.merge(restored["ema" if use_ema else "trainable"], restored["frozen"])
     params, model_config = task.export(params, DTYPES[dtype])
     model_config["source"] = f"vidrd_jax.export {checkpoints.absolute(workdir)} step {step}{' ema' if use_ema else ''}"
-    tokenizer = model_config.get("tokenizer")
     single = jax.process_count() == 1
     with cli.atomic_directory(out) if single else contextlib.nullcontext(out) as target:
-        if tokenizer:  # self-contained, like the converter's checkpoints: the tokenizer folder travels along
-            nested = os.path.join(tokenizer, TOKENIZER_DIR)  # a model folder holding tokenizer/
-            shutil.copytree(nested if os.path.isdir(nested) else tokenizer, os.path.join(target, TOKENIZER_DIR),
-                            dirs_exist_ok=True)
-            model_config["tokenizer"] = TOKENIZER_DIR
+        model_config = checkpoints.copy_tokenizer(model_config, target)  # self-contained, like the converter's
         checkpoints.save_inference_checkpoint(target, params, model_config)
     return checkpoints.absolute(out)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Runs the export (raises on bad input; ``python -m`` reports it as one ``error: ...`` line, status 2)."""
+    import data_pipelines  # noqa: F401  (the entry point wires the data in: an autoencoder's export reads clips)
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="training workdir (holds checkpoints/)")
     parser.add_argument("--out", required=True, help="output inference checkpoint directory")

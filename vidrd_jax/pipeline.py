@@ -111,14 +111,31 @@ def _encode_text(config: CLIPTextConfig, params: Any, input_ids: jax.Array) -> j
     return CLIPTextModel(config).apply({"params": params}, input_ids).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_frames"))
-def _decode_to_uint8(config: VAEConfig, num_frames: int, params: Any, latents: jax.Array) -> jax.Array:
-    """latents [B, F, h, w, C] (scaled) -> uint8 [B, F, H, W, 3]; the temporal decoder sees ``num_frames`` frames."""
+def downsampling_factor(config: VAEConfig | UNet3DConfig) -> int:
+    """Input positions per output position along height and width of a VAE encoder (pixels per latent) or a UNet
+    (latents per lowest-resolution position): every level but the last halves the size."""
+    return 2 ** (len(config.block_out_channels) - 1)
+
+
+def pixels_to_uint8(pixels: jax.Array) -> jax.Array:
+    """Pixels in [-1, 1] -> uint8 levels ``round((x + 1) · 127.5)`` (ties to even) clipped to [0, 255]: the one
+    conversion of decoded frames (generator and training previews)."""
+    return jnp.clip(jnp.round((pixels.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def decode_latents(config: VAEConfig, params: Any, latents: jax.Array, num_frames: int) -> jax.Array:
+    """Traceable: scaled latents [B, F, h, w, C] -> uint8 [B, F, H, W, 3]; the temporal decoder sees clips of
+    ``num_frames`` frames (it must divide B·F)."""
     b, f = latents.shape[:2]
     z = latents.reshape((b * f,) + latents.shape[2:]) / config.scaling_factor
-    pixels = AutoencoderKL(config).apply({"params": params}, z, num_frames=num_frames, method="decode")
-    pixels = jnp.clip(jnp.round((pixels.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    pixels = pixels_to_uint8(AutoencoderKL(config).apply({"params": params}, z, num_frames=num_frames,
+                                                         method="decode"))
     return pixels.reshape((b, f) + pixels.shape[1:])
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_frames"))
+def _decode_to_uint8(config: VAEConfig, num_frames: int, params: Any, latents: jax.Array) -> jax.Array:
+    return decode_latents(config, params, latents, num_frames)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -237,12 +254,12 @@ class VideoPipeline:
     @property
     def vae_factor(self) -> int:
         """Pixels per latent along height and width."""
-        return 2 ** (len(self.configs["vae"].block_out_channels) - 1)
+        return downsampling_factor(self.configs["vae"])
 
     @property
     def spatial_multiple(self) -> int:
         """Height and width must be multiples of this: the VAE factor times the UNet's downsampling."""
-        return self.vae_factor * 2 ** (len(self.configs["unet"].block_out_channels) - 1)
+        return self.vae_factor * downsampling_factor(self.configs["unet"])
 
     def check_size(self, height: int, width: int) -> None:
         for name, value in (("height", height), ("width", width)):
@@ -398,5 +415,5 @@ def num_output_frames(config: LongVideoConfig | CoDenoiseConfig) -> int:
     return config.num_frames + (config.num_clips - 1) * later
 
 
-__all__ = ["StepProgress", "UNetDenoiser", "VideoChunk", "VideoPipeline", "check_params", "num_output_frames",
-           "resolve_schedule"]
+__all__ = ["StepProgress", "UNetDenoiser", "VideoChunk", "VideoPipeline", "check_params", "decode_latents",
+           "downsampling_factor", "num_output_frames", "pixels_to_uint8", "resolve_schedule"]

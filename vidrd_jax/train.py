@@ -42,7 +42,6 @@ import tempfile
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import data_pipelines
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -53,8 +52,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vidrd_jax import checkpoints, cli, parallel
-from vidrd_jax import metrics as metrics_lib
+from vidrd_jax import checkpoints, cli, data_interface, optimizers, parallel
+from vidrd_jax import metric_writer as metrics_lib
 from vidrd_jax import train_state as ts
 from vidrd_jax.tasks import Task, get_task_class
 from vidrd_jax.train_config import validate_config, validate_optimizer
@@ -226,7 +225,7 @@ def build_trainer(config: ml_collections.ConfigDict, devices: list[jax.Device] |
     for label, opt in groups.items():
         validate_optimizer(opt, field="optimizer" if opt is config.optimizer else f"optimizer ({label})")
     trainable_labels = ts.unflatten({p: label for p, label in labels.items() if label != ts.FROZEN})
-    tx, schedules = ts.make_multi_optimizer(groups, trainable_labels, config.total_steps)
+    tx, schedules = optimizers.make_multi_optimizer(groups, trainable_labels, config.total_steps)
 
     keep_ema = config.ema.decay > 0
     abstract = jax.eval_shape(functools.partial(ts.state_from_params, labels=labels, tx=tx, keep_ema=keep_ema),
@@ -235,7 +234,7 @@ def build_trainer(config: ml_collections.ConfigDict, devices: list[jax.Device] |
     trainable_sh, frozen_sh = ts.partition(param_shardings, labels)
     state_shardings = ts.TrainState(
         step=replicated, trainable=trainable_sh, frozen=frozen_sh,
-        opt_state=ts.opt_state_shardings(tx, abstract.opt_state, trainable_sh, replicated),
+        opt_state=optimizers.opt_state_shardings(tx, abstract.opt_state, trainable_sh, replicated),
         ema=trainable_sh if keep_ema else {}, rng=replicated, skipped=replicated)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
                             state_shardings)
@@ -331,8 +330,9 @@ def _write_samples(workdir: str, step: int, videos: np.ndarray, fps: float, writ
 
 def make_data_iterator(config: ml_collections.ConfigDict, shard: parallel.DataShard) -> Iterator[dict[str, Any]]:
     """This process's Grain iterator over its shard of the data (``config.data``)."""
-    return data_pipelines.make_iterator(config.data, batch_size=shard.local_batch, process_index=shard.index,
-                                        process_count=shard.count, seed=config.seed)
+    return data_interface.pipeline().make_iterator(config.data, batch_size=shard.local_batch,
+                                                   process_index=shard.index, process_count=shard.count,
+                                                   seed=config.seed)
 
 
 def _check_workdir(workdir: str) -> None:
@@ -586,6 +586,8 @@ def _run(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the trainer on ``argv`` (``argv[0]`` is the program name; default ``sys.argv``); returns the exit status
     (module docstring)."""
+    import data_pipelines  # noqa: F401  (the entry point wires the data in: vidrd_jax.data_interface)
+
     argv = list(sys.argv if argv is None else argv)
     if any(a in _HELP_FLAGS for a in argv[1:]):
         from absl import flags

@@ -8,19 +8,19 @@ misspelt ``--config.a.b=v`` override is an error. Fields:
   ``compilation_cache_dir`` (JAX persistent compilation cache, "" = off).
 * ``mesh``: ``{data, fsdp, tensor}`` sizes, one may be -1; ``sharding_rules``: logical -> mesh axes
   (``vidrd_jax.parallel.rules``); ``distributed``: ``vidrd_jax.parallel.multihost.initialize_distributed``.
-* ``optimizer``: AdamW + schedule (``train_state.make_optimizer``); ``ema``: ``decay`` (0 = no EMA), ``warmup``.
+* ``optimizer``: AdamW + schedule (``optimizers.make_optimizer``); ``ema``: ``decay`` (0 = no EMA), ``warmup``.
 * ``checkpoint``: ``every_steps``, ``keep``, ``async_save``.
-* ``data``: ``data_pipelines.config.get_default_config()``.
+* ``data``: the registered data pipeline's config (``data_pipelines.config.get_default_config()``; see
+  :mod:`vidrd_jax.data_interface`).
 * the task's fields (``Task.config_defaults``), e.g. ``model``, ``trainable_regex``, ``sample`` for ``denoising``.
 """
 from __future__ import annotations
 
-import data_pipelines
 import ml_collections
 
-from vidrd_jax import parallel
+from vidrd_jax import data_interface, parallel
+from vidrd_jax.optimizers import SCHEDULES
 from vidrd_jax.tasks import get_task_class
-from vidrd_jax.train_state import SCHEDULES
 
 
 def base_config(task: str = "denoising") -> ml_collections.ConfigDict:
@@ -44,7 +44,7 @@ def base_config(task: str = "denoising") -> ml_collections.ConfigDict:
         weight_decay=1e-2, max_grad_norm=1.0))
     c.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-    c.data = data_pipelines.get_default_config()
+    c.data = data_interface.pipeline().default_config()
     for key, value in get_task_class(task).config_defaults().items():
         c[key] = value
     return c
@@ -82,7 +82,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be > 0, got {config.checkpoint.every_steps}")
     _check(config.checkpoint.keep > 0, "checkpoint.keep", f"must be > 0, got {config.checkpoint.keep}")
     try:
-        data_pipelines.validate_config(config.data)
+        data_interface.pipeline().validate_config(config.data)
     except ValueError as e:  # its messages start with the field name
         raise ValueError(f"config.data.{e}") from e
     get_task_class(config.task).validate_config(config)

@@ -1,4 +1,4 @@
-"""Train state, parameter partitioning (trainable vs frozen), the optimizer and the EMA.
+"""Train state, parameter partitioning (trainable vs frozen) and the EMA (the optimizer: :mod:`vidrd_jax.optimizers`).
 
 Parameters are split once, by label (``Task.param_labels``), into two nested dicts with the original paths:
 ``trainable`` (fp32 master weights, the only leaves with gradients, optimizer state and EMA) and ``frozen`` (never
@@ -17,7 +17,6 @@ import optax
 
 Params = dict[str, Any]
 FROZEN = "frozen"
-SCHEDULES = ("constant", "cosine", "linear")
 
 
 @flax.struct.dataclass
@@ -91,51 +90,6 @@ def merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> Params:
     return unflatten(flat)
 
 
-def make_schedule(opt: Mapping[str, Any], total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to ``learning_rate`` over ``warmup_steps``, then ``schedule`` until ``total_steps``
-    (cosine/linear decay to ``end_lr_factor * learning_rate``, or constant)."""
-    lr, warmup = opt["learning_rate"], opt["warmup_steps"]
-    decay_steps = max(total_steps - warmup, 1)
-    end = lr * opt["end_lr_factor"]
-    if opt["schedule"] == "constant":
-        after = optax.constant_schedule(lr)
-    elif opt["schedule"] == "cosine":
-        after = optax.cosine_decay_schedule(lr, decay_steps, alpha=opt["end_lr_factor"])
-    elif opt["schedule"] == "linear":
-        after = optax.linear_schedule(lr, end, decay_steps)
-    else:
-        raise ValueError(f"config.optimizer.schedule must be one of {SCHEDULES}, got {opt['schedule']!r}")
-    if warmup == 0:
-        return after
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
-
-
-def _decay_mask(params: Params) -> Any:
-    """Weight decay on matrices/kernels only (not on biases, norm scales or other vectors)."""
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
-
-
-def make_optimizer(opt: Mapping[str, Any], total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``clip_by_global_norm`` (if ``max_grad_norm > 0``) then AdamW with :func:`make_schedule`."""
-    schedule = make_schedule(opt, total_steps)
-    adamw = optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
-                        weight_decay=opt["weight_decay"], mask=_decay_mask)
-    if opt["max_grad_norm"] > 0:
-        return optax.chain(optax.clip_by_global_norm(opt["max_grad_norm"]), adamw), schedule
-    return adamw, schedule
-
-
-def make_multi_optimizer(groups: Mapping[str, Mapping[str, Any]], trainable_labels: Params, total_steps: int
-                         ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
-    """One :func:`make_optimizer` per label (e.g. ``{"unet": cfg}`` or ``{"generator": …, "discriminator": …}``),
-    combined with ``optax.multi_transform`` over the trainable tree's labels."""
-    built = {label: make_optimizer(cfg, total_steps) for label, cfg in groups.items()}
-    schedules = {label: schedule for label, (_, schedule) in built.items()}
-    if len(built) == 1:
-        return next(iter(built.values()))[0], schedules
-    return optax.multi_transform({label: tx for label, (tx, _) in built.items()}, trainable_labels), schedules
-
-
 def ema_decay(decay: float, warmup: bool, step: jax.Array) -> jax.Array:
     """EMA decay at ``step``; with ``warmup`` it ramps as ``min(decay, (1 + step) / (10 + step))``."""
     if not warmup:
@@ -147,17 +101,6 @@ def ema_decay(decay: float, warmup: bool, step: jax.Array) -> jax.Array:
 def ema_update(ema: Params, params: Params, decay: jax.Array) -> Params:
     """``ema <- decay * ema + (1 - decay) * params`` (float32)."""
     return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p.astype(jnp.float32)).astype(e.dtype), ema, params)
-
-
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any, param_shardings: Any,
-                        replicated: Any) -> Any:
-    """Sharding tree for an optimizer state: parameter-shaped parts follow the parameters; the rest is replicated.
-
-    Parameters outside a label's group appear as ``optax.MaskedNode`` (no state) in ``multi_transform`` states.
-    """
-    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
-    return optax.tree_map_params(tx, lambda leaf, sharding: leaf if masked(leaf) else sharding, abstract_opt_state,
-                                 param_shardings, transform_non_params=lambda _: replicated, is_leaf=masked)
 
 
 def state_from_params(params: Params, labels: Mapping[str, str], tx: optax.GradientTransformation, rng: jax.Array,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 from vidrd_jax import checkpoints, cli
@@ -26,12 +25,8 @@ def write_checkpoint(out: str, params: dict, model_config: dict) -> None:
 
     Written into a temporary directory beside ``out`` that replaces it on success (``cli.atomic_directory``).
     """
-    tokenizer = model_config.get("tokenizer")
     with cli.atomic_directory(out) as tmp:
-        if tokenizer:
-            shutil.copytree(tokenizer, os.path.join(tmp, "tokenizer"), dirs_exist_ok=True)
-            model_config = {**model_config, "tokenizer": "tokenizer"}
-        checkpoints.save_inference_checkpoint(tmp, params, model_config)
+        checkpoints.save_inference_checkpoint(tmp, params, checkpoints.copy_tokenizer(model_config, tmp))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,10 +1,12 @@
 """Temporal co-denoising over overlapping windows (Gen-L-Video; paper 000 §3.4, eq. 18-19).
 
 A video of ``L = K + n·S`` latent frames is covered by ``W = n + 1`` windows ``[i·S, i·S + K)`` (eq. 18). At every
-DDIM step each window gets its own (guided) noise prediction and DDIM update, and each frame's ``x_{t-1}`` is the
+step each window gets its own (guided) noise prediction and solver update, and each frame's ``x_{t-1}`` is the
 minimiser of eq. 19, i.e. the weighted mean over the windows that contain it:
-``x_{t-1}[j] = sum_i w_i[j - i·S] · x^i_{t-1}[j - i·S] / sum_i w_i[j - i·S]``. With ``eta > 0`` every window slices
-the same per-frame noise, so averaging keeps the DDIM variance.
+``x_{t-1}[j] = sum_i w_i[j - i·S] · x^i_{t-1}[j - i·S] / sum_i w_i[j - i·S]``. The update is the config's solver
+(``solver``: DDIM or DPM-Solver++(2M), ``solvers.py``); a solver state (DPM-Solver++'s previous x0) is fused over the
+windows with the same weights. With ``eta > 0`` (DDIM) every window slices the same per-frame noise, so averaging
+keeps the DDIM variance.
 
 Window weights over the K frames of a window (``k = 0..K-1``, centre ``c = (K-1)/2``):
 
@@ -29,9 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, ddim_step, draw_noise
-from vidrd_jax.diffusion.schedule import (DDIMConfig, NoiseSchedule, check_guidance_fields, check_int, ddim_tables,
-                                          normalize_prompts)
+from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, draw_noise
+from vidrd_jax.diffusion.guidance import check_guidance_fields, normalize_prompts
+from vidrd_jax.diffusion.schedule import NoiseSchedule, check_int
+from vidrd_jax.diffusion.solvers import SamplerConfig
 
 WINDOW_WEIGHTINGS = ("uniform", "pyramid", "gaussian")
 
@@ -51,6 +54,7 @@ class CoDenoiseConfig:
     eta: float = 0.0
     guidance_scale: float = 10.0
     negative_prompt: str = "watermark"
+    solver: str = "ddim"  # solvers.SOLVERS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", normalize_prompts(self.prompts))
@@ -71,12 +75,12 @@ class CoDenoiseConfig:
             raise ValueError(f"gaussian_sigma must be a finite float > 0, got {self.gaussian_sigma!r}")
         if self.window_chunk_size is not None:
             check_int("window_chunk_size", self.window_chunk_size, 1)
-        DDIMConfig(self.num_steps, self.eta)
+        SamplerConfig(self.num_steps, self.eta, self.solver)
         check_guidance_fields(self.guidance_scale, self.negative_prompt)
 
     @property
-    def ddim(self) -> DDIMConfig:
-        return DDIMConfig(self.num_steps, self.eta)
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(self.num_steps, self.eta, self.solver)
 
     @property
     def num_windows(self) -> int:
@@ -106,7 +110,7 @@ class CoDenoiseConfig:
 class _WindowPlan:
     """Static per-window tables, padded to a multiple of the chunk size (padding windows have weight 0)."""
 
-    ddim: DDIMConfig
+    sampler: SamplerConfig
     window_size: int
     chunk_size: int
     starts: tuple[int, ...]  # [Wp]
@@ -128,7 +132,7 @@ class _WindowPlan:
         starts = np.concatenate([starts, np.full(pad, starts[-1])])
         prompts = np.concatenate([np.asarray(config.window_prompts()), np.zeros(pad, np.int64)])
         weights = np.concatenate([weights, np.zeros((pad, k))])
-        return cls(config.ddim, k, chunk, tuple(int(s) for s in starts), tuple(int(p) for p in prompts),
+        return cls(config.sampler, k, chunk, tuple(int(s) for s in starts), tuple(int(p) for p in prompts),
                    tuple(tuple(float(w) for w in row) for row in weights))
 
 
@@ -140,29 +144,36 @@ def _co_denoise(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _WindowPlan, conds
     num_chunks = len(starts) // chunk
     frame_index = (starts[:, None] + np.arange(k)[None, :]).reshape(-1)  # [Wp·K]
     weights = jnp.asarray(np.asarray(plan.weights, np.float32))[None, :, :, None, None, None]  # [1, Wp, K, 1, 1, 1]
-    tables = ddim_tables(schedule, plan.ddim.num_steps)
+    solver = plan.sampler.make_solver()
+    tables = jax.tree.map(jnp.asarray, solver.tables(schedule, plan.sampler.num_steps))
 
-    def body(x, xs):
-        t, alpha, alpha_prev, noise = xs
+    def fuse(x: jax.Array, windows: jax.Array) -> jax.Array:
+        """[chunks, chunk, B, K, h, w, C] window results -> [B, L, h, w, C], the weighted mean of eq. 19."""
+        windows = jnp.moveaxis(windows.reshape((-1,) + windows.shape[2:]), 0, 1)  # [B, Wp, K, h, w, C]
+        contributions = (windows * weights).reshape((x.shape[0], -1) + x.shape[2:])
+        return jnp.zeros_like(x).at[:, frame_index].add(contributions.astype(x.dtype))
+
+    def body(carry, xs):
+        x, state = carry
+        row, noise = xs
 
         def window_step(start, prompt):
-            z = jax.lax.dynamic_slice_in_dim(x, start, k, axis=1)
+            def window(a: jax.Array) -> jax.Array:
+                return jax.lax.dynamic_slice_in_dim(a, start, k, axis=1)
+
+            z = window(x)
             cond = jax.tree.map(lambda c: c[prompt], conds)
             if shared_cond is not None:
                 cond = {**shared_cond, **cond}
-            window_noise = None if noise is None else jax.lax.dynamic_slice_in_dim(noise, start, k, axis=1)
-            z_prev, _ = ddim_step(z, eps_fn(z, t, cond), alpha, alpha_prev,
-                                  prediction_type=schedule.prediction_type, eta=plan.ddim.eta, noise=window_noise)
-            return z_prev
+            window_noise = None if noise is None else window(noise)
+            return solver.step(schedule, row, jax.tree.map(window, state), z, eps_fn(z, row.timesteps, cond),
+                               window_noise)
 
         per_chunk = (starts.reshape(num_chunks, chunk), np.asarray(plan.prompts, np.int32).reshape(num_chunks, chunk))
-        windows = jax.lax.map(lambda args: jax.vmap(window_step)(*args), per_chunk)  # [chunks, chunk, B, K, h, w, C]
-        windows = jnp.moveaxis(windows.reshape((-1,) + windows.shape[2:]), 0, 1)  # [B, Wp, K, h, w, C]
-        contributions = (windows * weights).reshape((x.shape[0], -1) + x.shape[2:])
-        return jnp.zeros_like(x).at[:, frame_index].add(contributions.astype(x.dtype)), None
+        windows, window_states = jax.lax.map(lambda args: jax.vmap(window_step)(*args), per_chunk)
+        return (fuse(x, windows), jax.tree.map(fuse, state, window_states)), None
 
-    xs = (jnp.asarray(tables.timesteps), jnp.asarray(tables.alphas), jnp.asarray(tables.alphas_prev), step_noise)
-    latents, _ = jax.lax.scan(body, latents, xs)
+    (latents, _), _ = jax.lax.scan(body, (latents, solver.init_state(latents)), (tables, step_noise))
     return latents
 
 
@@ -186,14 +197,14 @@ def co_denoise_sample(eps_fn: EpsFn, schedule: NoiseSchedule, config: CoDenoiseC
             raise ValueError("co_denoise_sample: give latents (and step_noise if eta > 0), or key and "
                              "batch_and_latent_shape")
         b, h, w, c = (int(d) for d in batch_and_latent_shape)
-        latents, step_noise = draw_noise(key, (b, config.num_frames, h, w, c), config.ddim)
+        latents, step_noise = draw_noise(key, (b, config.num_frames, h, w, c), config.sampler)
     elif step_noise is None and config.eta > 0:
         if key is None:
             raise ValueError(f"co_denoise_sample: eta={config.eta} > 0 needs step_noise or a key")
-        step_noise = draw_noise(key, tuple(np.shape(latents)), config.ddim)[1]
+        step_noise = draw_noise(key, tuple(np.shape(latents)), config.sampler)[1]
     latents = jnp.asarray(latents)
     if latents.ndim != 5 or latents.shape[1] != config.num_frames:
         raise ValueError(f"latents must be [B, num_frames={config.num_frames}, h, w, C], got {latents.shape}")
-    check_step_noise(step_noise, tuple(latents.shape), config.ddim)
+    check_step_noise(step_noise, tuple(latents.shape), config.sampler)
     stacked = jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves]), *conds)
     return _co_denoise(eps_fn, schedule, _WindowPlan.from_config(config), stacked, shared_cond, latents, step_noise)

@@ -1,23 +1,27 @@
-"""DDIM (Song et al., 2021) on top of a denoiser function, plus the forward process used for training.
+"""The forward process (training targets, timesteps, loss weights) and what every sampler shares: the denoiser type,
+the model output -> (x0, eps) conversion and the sampling noise.
 
 The denoiser is ``eps_fn(z, t, cond) -> model_output``: ``z`` latents ``[B, F, h, w, C]``, ``t`` an int32 scalar
 timestep, ``cond`` any pytree (text embeddings, model params, ...: everything that must be a jit *argument* rather
 than a constant baked into the program). ``model_output`` is an epsilon or a v prediction
 (``schedule.prediction_type``).
 
-Randomness is explicit: samplers take the initial latents and, when ``eta > 0``, one noise array per step, so a run
-can be replayed bit for bit elsewhere; :func:`draw_noise` draws both from a PRNG key.
+Randomness is explicit: samplers (``solvers``, ``long_video``, ``co_denoise``) take the initial latents and, when
+``eta > 0``, one noise array per step, so a run can be replayed bit for bit elsewhere; :func:`draw_noise` draws both
+from a PRNG key.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vidrd_jax.diffusion.schedule import DDIMConfig, NoiseSchedule, ddim_tables
+from vidrd_jax.diffusion.schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from vidrd_jax.diffusion.solvers import SamplerConfig
 
 EpsFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
@@ -84,31 +88,7 @@ def predict_x0_and_eps(sample: jax.Array, model_output: jax.Array, alpha: jax.Ar
     raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
 
 
-def ddim_step(sample: jax.Array, model_output: jax.Array, alpha: jax.Array, alpha_prev: jax.Array, *,
-              prediction_type: str, eta: float = 0.0,
-              noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """One DDIM update ``x_t -> x_{t-1}`` (Song et al. eq. 12); returns ``(x_{t-1}, x0_hat)``.
-
-    ``alpha``/``alpha_prev`` are ``abar`` at this and the next timestep; ``eta`` is static (0: deterministic);
-    ``noise`` (same shape as ``sample``) is required when ``eta > 0``.
-    """
-    model_output = model_output.astype(jnp.promote_types(sample.dtype, jnp.float32))
-    x0, eps = predict_x0_and_eps(sample, model_output, alpha, prediction_type)
-    if eta > 0:
-        if noise is None:
-            raise ValueError(f"ddim_step: eta={eta} > 0 needs a noise array")
-        variance = (1.0 - alpha_prev) / (1.0 - alpha) * (1.0 - alpha / alpha_prev)
-        std = eta * jnp.sqrt(variance)
-    else:
-        std = jnp.zeros((), jnp.float32)
-    direction = jnp.sqrt(jnp.maximum(1.0 - alpha_prev - std ** 2, 0.0)) * eps
-    prev = jnp.sqrt(alpha_prev) * x0 + direction
-    if eta > 0:
-        prev = prev + std * noise
-    return prev.astype(sample.dtype), x0
-
-
-def draw_noise(key: jax.Array, shape: tuple[int, ...], config: DDIMConfig,
+def draw_noise(key: jax.Array, shape: tuple[int, ...], config: SamplerConfig,
                dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array | None]:
     """``(initial latents, per-step noise [S, *shape] or None when eta == 0)`` drawn from ``key``."""
     key_init, key_steps = jax.random.split(key)
@@ -117,7 +97,7 @@ def draw_noise(key: jax.Array, shape: tuple[int, ...], config: DDIMConfig,
     return latents, step_noise
 
 
-def check_step_noise(step_noise: Any, shape: tuple[int, ...], config: DDIMConfig, name: str = "step_noise") -> None:
+def check_step_noise(step_noise: Any, shape: tuple[int, ...], config: SamplerConfig, name: str = "step_noise") -> None:
     """Raises unless ``step_noise`` is ``[num_steps, *shape]`` when eta > 0 and None when eta == 0."""
     if config.eta > 0:
         expected = (config.num_steps,) + tuple(shape)
@@ -126,40 +106,3 @@ def check_step_noise(step_noise: Any, shape: tuple[int, ...], config: DDIMConfig
             raise ValueError(f"{name} must have shape {expected} (eta={config.eta} > 0), got {got}")
     elif step_noise is not None:
         raise ValueError(f"{name} must be None when eta == 0")
-
-
-@functools.partial(jax.jit, static_argnames=("eps_fn", "schedule", "config"))
-def _ddim_loop(eps_fn: EpsFn, schedule: NoiseSchedule, config: DDIMConfig, cond: Any, latents: jax.Array,
-               step_noise: jax.Array | None) -> jax.Array:
-    tables = ddim_tables(schedule, config.num_steps)
-
-    def body(x, xs):
-        t, alpha, alpha_prev, noise = xs
-        x, _ = ddim_step(x, eps_fn(x, t, cond), alpha, alpha_prev, prediction_type=schedule.prediction_type,
-                         eta=config.eta, noise=noise)
-        return x, None
-
-    xs = (jnp.asarray(tables.timesteps), jnp.asarray(tables.alphas), jnp.asarray(tables.alphas_prev), step_noise)
-    latents, _ = jax.lax.scan(body, latents, xs)
-    return latents
-
-
-def ddim_sample(eps_fn: EpsFn, schedule: NoiseSchedule, config: DDIMConfig, cond: Any, *,
-                latents: jax.Array | None = None, step_noise: jax.Array | None = None,
-                key: jax.Array | None = None, shape: tuple[int, ...] | None = None) -> jax.Array:
-    """Full DDIM sampling: one ``lax.scan`` over the steps inside ``jit``; returns the final latents.
-
-    Give either ``latents`` (x_T) and, if ``config.eta > 0``, ``step_noise`` [S, *shape]; or ``key`` and ``shape``
-    to draw them (:func:`draw_noise`). The program is compiled once per (eps_fn, schedule, config, shapes): build
-    ``eps_fn`` once and pass changing values (params, embeddings) through ``cond``.
-    """
-    if latents is None:
-        if key is None or shape is None:
-            raise ValueError("ddim_sample: give latents (and step_noise if eta > 0), or key and shape")
-        latents, step_noise = draw_noise(key, tuple(shape), config)
-    elif step_noise is None and config.eta > 0:
-        if key is None:
-            raise ValueError(f"ddim_sample: eta={config.eta} > 0 needs step_noise or a key")
-        step_noise = draw_noise(key, tuple(latents.shape), config)[1]
-    check_step_noise(step_noise, tuple(latents.shape), config)
-    return _ddim_loop(eps_fn, schedule, config, cond, jnp.asarray(latents), step_noise)

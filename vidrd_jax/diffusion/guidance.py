@@ -1,4 +1,4 @@
-"""Classifier-free guidance with a negative prompt (paper 002 §5.3).
+"""Classifier-free guidance with a negative prompt (paper 002 §5.3), and the validators of the prompt fields.
 
 ``eps = eps(z, c_neg) + w · (eps(z, c) - eps(z, c_neg))``; the unconditional branch uses the negative prompt's
 embedding (the empty prompt gives plain classifier-free guidance). Both halves run in ONE batched model call
@@ -7,12 +7,34 @@ embedding (the empty prompt gives plain classifier-free guidance). Both halves r
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+import math
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
 ModelFn = Callable[..., jax.Array]
+
+
+def normalize_prompts(prompts: str | Sequence[str]) -> tuple[str, ...]:
+    """A prompt or a sequence of prompts -> a non-empty tuple of str (error names ``prompts``)."""
+    prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    return prompts
+
+
+def check_guidance_scale(guidance_scale: Any) -> None:
+    """Raises unless ``guidance_scale`` is a finite number >= 0."""
+    if not isinstance(guidance_scale, (int, float)) or not 0.0 <= guidance_scale < math.inf:
+        raise ValueError(f"guidance_scale must be a finite float >= 0, got {guidance_scale!r}")
+
+
+def check_guidance_fields(guidance_scale: Any, negative_prompt: Any) -> None:
+    """Validates the classifier-free guidance fields shared by the sampler configs."""
+    check_guidance_scale(guidance_scale)
+    if not isinstance(negative_prompt, str):
+        raise ValueError(f"negative_prompt must be a string, got {negative_prompt!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +51,7 @@ class ClassifierFreeGuidance:
     guidance_scale: float
 
     def __post_init__(self) -> None:
-        if not isinstance(self.guidance_scale, (int, float)) or not 0.0 <= self.guidance_scale < float("inf"):
-            raise ValueError(f"guidance_scale must be a finite float >= 0, got {self.guidance_scale!r}")
+        check_guidance_scale(self.guidance_scale)
 
     def __call__(self, z: jax.Array, t: jax.Array, cond: Mapping[str, Any]) -> jax.Array:
         for name in ("text", "negative"):

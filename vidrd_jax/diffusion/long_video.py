@@ -17,16 +17,18 @@ Both mappings use ``src`` for all three strategies:
 - FNR (eq. 6) and PNS (eq. 7): ``z_T^{i,j} = z_T^{i-1,src(j)}`` for j < M and
   ``z_T^{i,j} = alpha/sqrt(1+alpha^2) · z_T^{i-1,src(j)} + 1/sqrt(1+alpha^2) · eps^{i,j}``, ``eps ~ N(0, I)``, for
   j >= M (alpha = ``pns_alpha``; alpha = inf gives FNR, alpha = 0 fresh noise).
-- DSG (eq. 8): at DDIM step s (s = 0 is the noisiest, S steps in all) and *before* the denoiser call, prompt frame
+- DSG (eq. 8): at step s (s = 0 is the noisiest, S steps in all) and *before* the denoiser call, prompt frame
   m < M is replaced by clip i-1's latent ``x_t`` of frame ``src(m)`` at the same step s when
-  ``s < (M - m) · (S / M) · beta``. This is eq. 8 with diffusion time measured in DDIM steps and the condition
+  ``s < (M - m) · (S / M) · beta``. This is eq. 8 with diffusion time measured in solver steps and the condition
   evaluated on the latent being replaced: the latent entering step s sits at time ``t = T (1 - s/S)`` and eq. 8's
   ``t > (1 - beta) T + beta T m / M`` becomes ``s/S < beta (M - m)/M``. Prompt frame m is therefore guided for
   ``ceil(beta · S · (M - m) / M)`` steps: 20, 15, 10, 5 with the defaults S=50, M=4, beta=0.4; beta = 0 never copies.
   Guidance weakens as m approaches M under both mappings (the frames next to the new content are freest).
 
-One clip is one jitted call (:func:`sample_clip`), compiled once whatever the number of clips: clip 0 runs the same
-program with a ``first`` flag array that selects eq. 5 and disables DSG. :func:`generate_long_video` yields the
+Every step is an update of the config's solver (``solver``: DDIM or DPM-Solver++(2M); ``solvers.py`` says what the
+three strategies need from a solver and which combinations are valid). One clip is one jitted call
+(:func:`sample_clip`), compiled once whatever the number of clips: clip 0 runs the same program with a ``first`` flag
+array that selects eq. 5 and disables DSG. :func:`generate_long_video` yields the
 clips one by one so the caller can decode and stream each, and memory does not grow with the video length.
 """
 from __future__ import annotations
@@ -41,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, ddim_step, draw_noise
-from vidrd_jax.diffusion.schedule import (DDIMConfig, NoiseSchedule, check_guidance_fields, check_int, ddim_tables,
-                                          normalize_prompts)
+from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, draw_noise
+from vidrd_jax.diffusion.guidance import check_guidance_fields, normalize_prompts
+from vidrd_jax.diffusion.schedule import NoiseSchedule, check_int
+from vidrd_jax.diffusion.solvers import SamplerConfig
 
 FRAME_MAPPINGS = ("reverse", "forward")
 OUTPUTS = ("all_frames", "drop_prompt_frames")
@@ -65,6 +68,7 @@ class LongVideoConfig:
     negative_prompt: str = "watermark"
     frame_mapping: str = "reverse"
     output: str = "all_frames"
+    solver: str = "ddim"  # solvers.SOLVERS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", normalize_prompts(self.prompts))
@@ -78,7 +82,7 @@ class LongVideoConfig:
             raise ValueError(f"pns_alpha must be a float >= 0 (inf allowed), got {self.pns_alpha!r}")
         if not isinstance(self.dsg_beta, (int, float)) or not 0.0 <= self.dsg_beta <= 1.0:
             raise ValueError(f"dsg_beta must be a float in [0, 1], got {self.dsg_beta!r}")
-        DDIMConfig(self.num_steps, self.eta)
+        SamplerConfig(self.num_steps, self.eta, self.solver)
         check_guidance_fields(self.guidance_scale, self.negative_prompt)
         if self.frame_mapping not in FRAME_MAPPINGS:
             raise ValueError(f"frame_mapping must be one of {FRAME_MAPPINGS}, got {self.frame_mapping!r}")
@@ -89,8 +93,8 @@ class LongVideoConfig:
                              "would drop every frame of clips >= 1")
 
     @property
-    def ddim(self) -> DDIMConfig:
-        return DDIMConfig(self.num_steps, self.eta)
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(self.num_steps, self.eta, self.solver)
 
     def prompt_index(self, clip: int) -> int:
         """Index into ``prompts`` (and the matching conds) for clip ``clip``."""
@@ -125,11 +129,11 @@ class _ClipPlan:
 
     num_frames: int
     num_prompt_frames: int
-    ddim: DDIMConfig
+    sampler: SamplerConfig
 
     @classmethod
     def from_config(cls, config: LongVideoConfig) -> "_ClipPlan":
-        return cls(config.num_frames, config.num_prompt_frames, config.ddim)
+        return cls(config.num_frames, config.num_prompt_frames, config.sampler)
 
 
 class _ClipSettings(NamedTuple):
@@ -147,7 +151,7 @@ class LongVideoState(NamedTuple):
     """What clip i needs from clip i-1."""
 
     init_latents: jax.Array  # [B, N, h, w, C]: z_T of the clip (after eq. 5-7)
-    trajectory: jax.Array  # [S, B, M, h, w, C]: x_t entering each DDIM step, frames N-M .. N-1 (after DSG)
+    trajectory: jax.Array  # [S, B, M, h, w, C]: x_t entering each step, frames N-M .. N-1 (after DSG)
 
 
 class ClipResult(NamedTuple):
@@ -170,10 +174,11 @@ def _frame_mask(mask: np.ndarray | jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("eps_fn", "schedule", "plan"))
 def _sample_clip(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _ClipPlan, settings: _ClipSettings, cond: Any,
                  first: jax.Array, noise: jax.Array, prev: LongVideoState, step_noise: jax.Array | None) -> ClipResult:
-    n, m, steps = plan.num_frames, plan.num_prompt_frames, plan.ddim.num_steps
+    n, m, steps = plan.num_frames, plan.num_prompt_frames, plan.sampler.num_steps
     src = settings.source_frames
     prompt_src = src[:m] - (n - m)  # positions of src(0..M-1) inside the trajectory's frames N-M .. N-1
-    tables = ddim_tables(schedule, steps)
+    solver = plan.sampler.make_solver()
+    tables = jax.tree.map(jnp.asarray, solver.tables(schedule, steps))
 
     # eq. 5-7: initial latents.
     reused = prev.init_latents[:, src]
@@ -184,23 +189,21 @@ def _sample_clip(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _ClipPlan, settin
     # eq. 8: guide[s, k] = prompt frame k takes the previous clip's latent at step s.
     guide = (jnp.arange(steps)[:, None] < settings.guided_steps[None, :]) & jnp.logical_not(first)
 
-    def body(x, xs):
-        t, alpha, alpha_prev, prev_x, guide_s, step_noise_s = xs
+    def body(carry, xs):
+        x, state = carry
+        row, prev_x, guide_s, step_noise_s = xs
         prompt = jnp.where(_frame_mask(guide_s), prev_x[:, prompt_src], x[:, :m])
         x = jnp.concatenate([prompt.astype(x.dtype), x[:, m:]], axis=1)
-        x_next, _ = ddim_step(x, eps_fn(x, t, cond), alpha, alpha_prev,
-                              prediction_type=schedule.prediction_type, eta=plan.ddim.eta, noise=step_noise_s)
-        return x_next, x[:, n - m:]
+        return solver.step(schedule, row, state, x, eps_fn(x, row.timesteps, cond), step_noise_s), x[:, n - m:]
 
-    xs = (jnp.asarray(tables.timesteps), jnp.asarray(tables.alphas), jnp.asarray(tables.alphas_prev),
-          prev.trajectory, guide, step_noise)
-    latents, trajectory = jax.lax.scan(body, init, xs)
+    xs = (tables, prev.trajectory, guide, step_noise)
+    (latents, _), trajectory = jax.lax.scan(body, (init, solver.init_state(init)), xs)
     return ClipResult(latents, LongVideoState(init, trajectory), guide.sum(axis=0, dtype=jnp.int32))
 
 
 def sample_clip(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVideoConfig, cond: Any, noise: jax.Array,
                 state: LongVideoState | None = None, step_noise: jax.Array | None = None) -> ClipResult:
-    """Samples one clip (one jitted call, one ``lax.scan`` over the DDIM steps).
+    """Samples one clip (one jitted call, one ``lax.scan`` over the solver's steps).
 
     ``noise`` [B, N, h, w, C] is z_T for clip 0 (``state=None``, eq. 5) and PNS's eps (eq. 7) for later clips, whose
     ``state`` is the previous clip's ``ClipResult.state``. ``step_noise`` [S, B, N, h, w, C] is required iff eta > 0.
@@ -209,7 +212,7 @@ def sample_clip(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVideoConfig,
     shape = tuple(noise.shape)
     if len(shape) != 5 or shape[1] != config.num_frames:
         raise ValueError(f"noise must be [B, num_frames={config.num_frames}, h, w, C], got shape {shape}")
-    check_step_noise(step_noise, shape, config.ddim)
+    check_step_noise(step_noise, shape, config.sampler)
     m, steps = config.num_prompt_frames, config.num_steps
     trajectory_shape = (steps, shape[0], m) + shape[2:]
     first = state is None
@@ -257,7 +260,7 @@ def generate_long_video(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVide
 
     state = None
     for i in tqdm(range(config.num_clips), desc="clips", disable=not progress):
-        drawn_noise, drawn_step_noise = draw_noise(jax.random.fold_in(key, i), shape, config.ddim) \
+        drawn_noise, drawn_step_noise = draw_noise(jax.random.fold_in(key, i), shape, config.sampler) \
             if key is not None else (None, None)
         clip_noise = noise[i] if noise is not None else drawn_noise
         clip_step_noise = step_noise[i] if step_noise is not None else drawn_step_noise

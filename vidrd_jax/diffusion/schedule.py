@@ -1,4 +1,4 @@
-"""Noise schedule and DDIM timestep tables (paper 002 §3.1, eq. 1-2).
+"""Noise schedule and the sampling timesteps (paper 002 §3.1, eq. 1-2).
 
 Variance preserving: ``q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)`` with ``abar_t = prod_{s<=t} (1 - beta_s)``
 (eq. 2 writes ``abar_t`` as the product of the per-step alphas). The defaults are Stable Diffusion 2.1-base's scheduler:
@@ -7,14 +7,14 @@ Variance preserving: ``q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)`` with
 ``alphas_cumprod[0]`` (``set_alpha_to_one=False``). ``rescale_betas_zero_snr`` rescales the betas so that the last
 training step is pure noise (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", Alg. 1);
 it needs ``v_prediction`` (an epsilon model cannot recover x0 at SNR 0) and goes with ``trailing`` spacing, whose first
-DDIM step is that pure-noise step. Tables are built on the host in float64 and handed to the device as float32.
+DDIM step is that pure-noise step. The solvers (``solvers.py``) build their tables from this on the host in float64
+and hand them to the device as float32.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -129,62 +129,12 @@ class NoiseSchedule:
         return timesteps.astype(np.int64)
 
 
-@dataclasses.dataclass(frozen=True)
-class DDIMConfig:
-    """Sampling knobs: number of DDIM steps and eta (0 = deterministic DDIM, 1 = DDPM-like variance)."""
-
-    num_steps: int = 50
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_int("num_steps", self.num_steps, 1)
-        if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta >= 0):
-            raise ValueError(f"eta must be a finite float >= 0, got {self.eta!r}")
-
-
-# Validation helpers shared by the sampler configs (DDIM, long video, co-denoising).
+# The integer validator shared by the sampler configs (solvers, long video, co-denoising).
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     """Raises unless ``value`` is an int in [low, high] (message names ``name``)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an int {bound}, got {value!r}")
-
-
-def normalize_prompts(prompts: str | Sequence[str]) -> tuple[str, ...]:
-    """A prompt or a sequence of prompts -> a non-empty tuple of str (error names ``prompts``)."""
-    prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-    return prompts
-
-
-def check_guidance_fields(guidance_scale: Any, negative_prompt: Any) -> None:
-    """Validates the classifier-free guidance fields shared by the sampler configs."""
-    if not isinstance(guidance_scale, (int, float)) or not 0.0 <= guidance_scale < math.inf:
-        raise ValueError(f"guidance_scale must be a finite float >= 0, got {guidance_scale!r}")
-    if not isinstance(negative_prompt, str):
-        raise ValueError(f"negative_prompt must be a string, got {negative_prompt!r}")
-
-
-class DDIMTables(NamedTuple):
-    """Per-step constants of a DDIM run, noisiest step first (host numpy arrays)."""
-
-    timesteps: np.ndarray  # int32 [S]
-    alphas: np.ndarray  # float32 [S]: abar at the step's timestep
-    alphas_prev: np.ndarray  # float32 [S]: abar at the next timestep, final_alpha_cumprod for the last step
-
-
-def ddim_tables(schedule: NoiseSchedule, num_steps: int) -> DDIMTables:
-    """Timesteps and ``abar_t``/``abar_{t-1}`` for each DDIM step.
-
-    The previous timestep is the next one in the table; this equals diffusers' ``t - T // S`` for "leading" spacing
-    (always) and for "trailing" spacing whenever S divides T.
-    """
-    timesteps = schedule.ddim_timesteps(num_steps)
-    alphas_cumprod = schedule.alphas_cumprod
-    alphas = alphas_cumprod[timesteps]
-    alphas_prev = np.append(alphas_cumprod[timesteps[1:]], schedule.final_alpha_cumprod)
-    return DDIMTables(timesteps.astype(np.int32), alphas.astype(np.float32), alphas_prev.astype(np.float32))
 
 
 @functools.lru_cache(maxsize=16)

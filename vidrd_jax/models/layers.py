@@ -19,7 +19,7 @@ Array = jax.Array
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 GROUPNORM_SCOPES = ("clip", "frame")
-ATTENTION_IMPLS = ("plain", "dot_product")
+ATTENTION_IMPLS = ("auto", "chunked", "plain", "dot_product")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 VIDEO_AXES = ("batch", "frames", "height", "width", "embed")
@@ -167,28 +167,130 @@ class TimestepEmbedding(nn.Module):
         return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(nn.silu(h))
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, impl: str = "plain") -> Array:
-    """Multi-head softmax attention, scale ``head_dim**-0.5``, no mask.
+# Score elements one step of ``chunked`` attention computes (2 MiB in float32): large enough for full-width
+# matmuls, small enough to stay in a CPU core's L2 (one 1024-token self-attention map per step). Measured in
+# benchmarks/torch_compare.py.
+ATTENTION_BLOCK_ELEMENTS = 1 << 19
+# cuDNN flash attention needs half-precision inputs, head sizes of multiples of 8 up to 128; for sequences shorter
+# than this (the 8-frame Temp-Attn) XLA's fused attention is as fast and always supported.
+CUDNN_MIN_LENGTH = 64
+
+
+def resolve_attention_impl(impl: str, backend: str | None = None) -> str:
+    """``"auto"`` -> the fastest implementation measured for ``backend`` (default: JAX's default backend).
+
+    CPU: ``chunked``; GPU and TPU: ``dot_product`` (``jax.nn.dot_product_attention``, cuDNN flash attention on
+    GPU where the shapes and dtype allow it). Other names are returned unchanged after validation.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    return "chunked" if (backend or jax.default_backend()) == "cpu" else "dot_product"
+
+
+def _broadcast_qkv(q: Array, k: Array, v: Array, mask: Array | None):
+    """Broadcasts the leading (batch) axes of q, k, v (and the mask's) against each other."""
+    lead = jnp.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3],
+                                () if mask is None else mask.shape[:-3])
+    q, k, v = (jnp.broadcast_to(t, lead + t.shape[-3:]) for t in (q, k, v))
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, lead + mask.shape[-3:])
+    return q, k, v, mask
+
+
+def _chunked_attention(q: Array, k: Array, v: Array, mask: Array | None, block: int) -> Array:
+    """Softmax attention in steps of at most ``block`` score elements (``lax.map``), head-major ``[G, L, D]``.
+
+    Short sequences (the 8-frame Temp-Attn, 77-token cross-attention) run many (batch, head) items per step;
+    long ones one item per step, with the queries split into chunks when one item's ``Lq x Lk`` scores exceed
+    ``block``. Keys are never split (each chunk holds full softmax rows), so no online rescaling is needed.
+    The softmax is normalised after the ``·V`` matmul (``L·D`` divisions instead of ``L·L``).
+    """
+    q, k, v, mask = _broadcast_qkv(q, k, v, mask)
+    lead, (lq, heads, dim), lk = q.shape[:-3], q.shape[-3:], k.shape[-3]
+
+    def head_major(t: Array) -> Array:  # [..., L, H, D] -> [G, L, D]
+        return jnp.swapaxes(t.reshape((-1,) + t.shape[-3:]), 1, 2).reshape((-1,) + t.shape[-3:-2] + t.shape[-1:])
+
+    qh, kh, vh = head_major(q), head_major(k), head_major(v)
+    mh = None if mask is None else jnp.broadcast_to(mask, lead + (heads, lq, lk)).reshape(-1, lq, lk)
+    groups = qh.shape[0]
+    scale = dim ** -0.5
+
+    def attend(qb: Array, kb: Array, vb: Array, mb: Array | None) -> Array:  # [g, c, D] x [g, Lk, D] -> [g, c, D]
+        logits = jnp.einsum("gqd,gkd->gqk", qb, kb, preferred_element_type=jnp.float32) * scale
+        if mb is not None:
+            logits = jnp.where(mb, logits, jnp.finfo(jnp.float32).min)
+        probs = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
+        out = jnp.einsum("gqk,gkd->gqd", probs.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+        return (out / probs.sum(axis=-1, keepdims=True)).astype(qb.dtype)
+
+    per_step = block // (lq * lk)
+    if per_step >= groups:  # everything in one step
+        out = attend(qh, kh, vh, mh)
+    elif per_step >= 1:  # several (batch, head) items per step; pad the item count to a multiple
+        steps = -(-groups // per_step)
+        pad = steps * per_step - groups
+
+        def split(t: Array) -> Array:
+            t = jnp.pad(t, ((0, pad),) + ((0, 0),) * (t.ndim - 1))
+            return t.reshape((steps, per_step) + t.shape[1:])
+
+        xs = (split(qh), split(kh), split(vh)) + (() if mh is None else (split(mh),))
+        out = jax.lax.map(lambda a: attend(a[0], a[1], a[2], a[3] if mh is not None else None), xs)
+        out = out.reshape((-1,) + out.shape[2:])[:groups]
+    else:  # one item per step, its queries in chunks of full softmax rows
+        chunk = max(1, block // lk)
+        steps = -(-lq // chunk)
+        pad = steps * chunk - lq
+
+        def split(t: Array) -> Array:  # [G, Lq, X] -> [G, steps, chunk, X]
+            t = jnp.pad(t, ((0, 0), (0, pad), (0, 0)))
+            return t.reshape((groups, steps, chunk) + t.shape[2:])
+
+        def one_item(a: tuple[Array, ...]) -> Array:  # [steps, chunk, D] queries against one item's keys
+            ki, vi = a[1][None], a[2][None]
+            return jax.lax.map(lambda c: attend(c[0][None], ki, vi, c[1][None] if mh is not None else None)[0],
+                               (a[0],) + a[3:])
+
+        xs = (split(qh), kh, vh) + (() if mh is None else (split(mh),))
+        out = jax.lax.map(one_item, xs).reshape(groups, steps * chunk, dim)[:, :lq]
+    out = jnp.swapaxes(out.reshape((-1, heads, lq, dim)), 1, 2)
+    return out.reshape(lead + (lq, heads, dim))
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, impl: str = "auto", mask: Array | None = None,
+                          block: int = ATTENTION_BLOCK_ELEMENTS) -> Array:
+    """Multi-head softmax attention, scale ``head_dim**-0.5``, float32 logits and softmax.
 
     Args:
       q: ``[..., Lq, heads, head_dim]``; k, v: ``[..., Lk, heads, head_dim]`` whose leading axes broadcast against
         q's (e.g. one text context shared by all frames of a clip).
-      impl: ``"plain"`` (einsum, float32 logits and softmax) or ``"dot_product"``
-        (``jax.nn.dot_product_attention``, which may pick cuDNN flash attention on GPU).
+      impl: ``"plain"`` (one einsum over all scores), ``"chunked"`` (:func:`_chunked_attention`, the fastest on
+        CPU), ``"dot_product"`` (``jax.nn.dot_product_attention``: cuDNN flash attention on GPU for half-precision
+        inputs with ``head_dim % 8 == 0``, ``<= 128`` and ``Lk >= CUDNN_MIN_LENGTH``, XLA's otherwise) or
+        ``"auto"`` (:func:`resolve_attention_impl`).
+      mask: optional boolean ``[..., heads or 1, Lq, Lk]`` (True = attend), broadcasting like q.
+      block: score elements per step of ``chunked``.
     """
+    impl = resolve_attention_impl(impl)
     if impl == "plain":
-        logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(logits * q.shape[-1] ** -0.5, axis=-1)
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
         return jnp.einsum("...hqk,...khd->...qhd", probs.astype(v.dtype), v)
-    if impl == "dot_product":
-        lead = jnp.broadcast_shapes(q.shape[:-3], k.shape[:-3])
-        q = jnp.broadcast_to(q, lead + q.shape[-3:])
-        k = jnp.broadcast_to(k, lead + k.shape[-3:])
-        v = jnp.broadcast_to(v, lead + v.shape[-3:])
-        out = jax.nn.dot_product_attention(q.reshape((-1,) + q.shape[-3:]), k.reshape((-1,) + k.shape[-3:]),
-                                           v.reshape((-1,) + v.shape[-3:]))
-        return out.reshape(q.shape)
-    raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    if impl == "chunked":
+        return _chunked_attention(q, k, v, mask, block)
+    q, k, v, mask = _broadcast_qkv(q, k, v, mask)
+    flat = [t.reshape((-1,) + t.shape[-3:]) for t in (q, k, v)]
+    flat_mask = None if mask is None else mask.reshape((-1,) + mask.shape[-3:])
+    head_dim, lk = q.shape[-1], k.shape[-3]
+    cudnn = (jax.default_backend() == "gpu" and q.dtype in (jnp.float16, jnp.bfloat16) and head_dim % 8 == 0
+             and head_dim <= 128 and lk >= CUDNN_MIN_LENGTH)
+    out = jax.nn.dot_product_attention(*flat, mask=flat_mask, implementation="cudnn" if cudnn else None)
+    return out.reshape(q.shape)
 
 
 class Attention(nn.Module):
@@ -200,7 +302,7 @@ class Attention(nn.Module):
     heads: int
     qkv_bias: bool = False
     zero_out: bool = False
-    impl: str = "plain"
+    impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vidrd_jax.models.layers import GROUPNORM_SCOPES, Attention, Dtype, GroupNorm, conv, group_norm
+from vidrd_jax.models.layers import GROUPNORM_SCOPES, Attention, Dtype, GroupNorm, group_norm, torch_default_init
 
 Array = jax.Array
 
@@ -23,6 +23,38 @@ TEMPORAL_PADDINGS = ("zeros", "replicate")
 # model's own ``norm_num_groups`` / ``norm_eps``.
 RELEASE_TEMPORAL_NORM_GROUPS = 32
 RELEASE_TEMPORAL_NORM_EPS = 1e-5
+
+
+class FrameConv(nn.Module):
+    """A ``(3, 1, 1)`` convolution over the frames of ``[B, F, H, W, C]`` (stride 1, bias, frame padding 1).
+
+    Computed as three 1x1 convolutions (matmuls over channels) whose outputs are shifted by one frame and summed:
+    ``y[f] = x[f-1] W0 + x[f] W1 + x[f+1] W2 + b`` — the same sums as ``nn.Conv`` but without XLA's generic 3-D
+    convolution (slower on CPU). Beyond the clip the input is ``zeros`` or ``replicate`` (edge frames; the conv is
+    linear, so shifting the edge-padded outputs equals convolving the edge-padded input). The kernel keeps
+    ``nn.Conv``'s shape ``(3, 1, 1, C_in, C_out)``, logical axes and initialiser, so checkpoints are unchanged.
+    """
+    features: int
+    padding: str = "zeros"
+    zero_init: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel_init = nn.initializers.zeros_init() if self.zero_init else torch_default_init()
+        kernel = self.param("kernel", nn.with_logical_partitioning(
+            kernel_init, ("conv_t", "conv_h", "conv_w", "conv_in", "conv_out")),
+            (3, 1, 1, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
+                          (self.features,), self.param_dtype)
+        x, kernel, bias = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype), jnp.asarray(bias, self.dtype)
+        prev, mid, nxt = (jnp.dot(x, kernel[t, 0, 0]) for t in range(3))
+        mode = "edge" if self.padding == "replicate" else "constant"
+        no_pad = ((0, 0),) * (x.ndim - 2)
+        prev = jnp.pad(prev, ((0, 0), (1, 0)) + no_pad, mode=mode)[:, :-1]  # frame f sees x[f-1]
+        nxt = jnp.pad(nxt, ((0, 0), (0, 1)) + no_pad, mode=mode)[:, 1:]  # frame f sees x[f+1]
+        return mid + prev + nxt + bias
 
 
 class TemporalConv(nn.Module):
@@ -62,12 +94,8 @@ class TemporalConv(nn.Module):
             h = group_norm(GroupNorm(self.num_groups, self.epsilon, name=f"convs_{4 * k}", **kw), h,
                            self.groupnorm_scope)
             h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
-            frame_padding = (1, 1)
-            if self.padding == "replicate":
-                h = jnp.pad(h, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)), mode="edge")
-                frame_padding = (0, 0)
-            h = conv(x.shape[-1], (3, 1, 1), padding=(frame_padding, (0, 0), (0, 0)),
-                     zero_init=self.zero_init and k == self.num_layers - 1, name=f"convs_{4 * k + 3}", **kw)(h)
+            h = FrameConv(x.shape[-1], self.padding, zero_init=self.zero_init and k == self.num_layers - 1,
+                          name=f"convs_{4 * k + 3}", **kw)(h)
         return x + h
 
 

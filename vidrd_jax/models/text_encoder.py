@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vidrd_jax.models.layers import ATTENTION_IMPLS, dot_product_attention
+
 _log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -78,10 +80,14 @@ class CLIPTextConfig:
     dtype: str = "float32"  # computation dtype
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    attention_impl: str = "auto"  # vidrd_jax.models.layers.ATTENTION_IMPLS
 
     def __post_init__(self) -> None:
         validate_tower_config(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                      "num_attention_heads", "max_position_embeddings"))
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"CLIPTextConfig.attention_impl must be one of {ATTENTION_IMPLS}, "
+                             f"got {self.attention_impl!r}")
 
     @property
     def head_dim(self) -> int:
@@ -117,7 +123,7 @@ class CLIPTextConfig:
             if config_json.get(name):
                 _log.warning("CLIPTextConfig.from_transformers: %s=%s is ignored (the text encoder runs without "
                              "dropout)", name, config_json[name])
-        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype", "remat_policy"}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype", "remat_policy", "attention_impl"}
         kwargs = {name: config_json[name] for name in fields if name in config_json}
         return cls(**{**kwargs, **overrides})
 
@@ -147,7 +153,7 @@ def _layer_norm(cfg: CLIPTextConfig, name: str) -> nn.LayerNorm:
 
 
 class CLIPAttention(nn.Module):
-    """Multi-head self-attention; logits and softmax in float32 (as transformers)."""
+    """Multi-head self-attention (``config.attention_impl``); logits and softmax in float32 (as transformers)."""
 
     config: CLIPTextConfig
 
@@ -160,10 +166,7 @@ class CLIPAttention(nn.Module):
         q = _dense(cfg, width, ("embed", "heads"), in_std, "q_proj")(x).reshape(shape)
         k = _dense(cfg, width, ("embed", "heads"), in_std, "k_proj")(x).reshape(shape)
         v = _dense(cfg, width, ("embed", "heads"), in_std, "v_proj")(x).reshape(shape)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * cfg.head_dim ** -0.5
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, length, width)
+        out = dot_product_attention(q, k, v, cfg.attention_impl, mask=mask).reshape(b, length, width)
         return _dense(cfg, width, ("heads", "embed"), width ** -0.5, "out_proj")(out)
 
 

@@ -61,7 +61,9 @@ class UNet3DConfig(ModelConfigMixin):
       groupnorm_scope: ``clip`` (official release: ResNet, Temp-Conv and conv_norm_out statistics pooled over the
         frames and space) | ``frame`` (per frame, as the paper's text). Transformer GroupNorms are always per frame.
       dropout: dropout rate inside Temp-Conv (the official model's only dropout).
-      attention_impl: ``plain`` (einsum softmax) | ``dot_product`` (``jax.nn.dot_product_attention``).
+      attention_impl: ``auto`` (per backend: ``chunked`` on CPU, ``dot_product`` elsewhere) | ``chunked`` |
+        ``plain`` (one einsum softmax) | ``dot_product`` (``jax.nn.dot_product_attention``, cuDNN on GPU); see
+        :func:`vidrd_jax.models.layers.dot_product_attention`.
       dtype / param_dtype: compute and parameter dtypes, ``float32`` | ``bfloat16``.
       remat_policy: rematerialisation of each down/mid/up block: ``none`` | ``full`` | ``dots_saveable`` |
         ``dots_with_no_batch_dims_saveable``.
@@ -86,7 +88,7 @@ class UNet3DConfig(ModelConfigMixin):
     temporal_position_embedding: str = "residual"
     groupnorm_scope: str = "clip"
     dropout: float = 0.1
-    attention_impl: str = "plain"
+    attention_impl: str = "auto"
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
@@ -242,7 +244,7 @@ class BasicTransformerBlock(nn.Module):
     heads: int
     use_temporal: bool = True
     temporal_position_embedding: str = "residual"
-    attention_impl: str = "plain"
+    attention_impl: str = "auto"
     temporal_zero_init: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32

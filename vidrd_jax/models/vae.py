@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from vidrd_jax.models.layers import (
-    DTYPES, GROUPNORM_SCOPES, REMAT_POLICIES, Downsample, GroupNorm, ModelConfigMixin, ResnetBlock, Upsample,
-    constrain_video, conv, dense, dot_product_attention, remat_block)
+    ATTENTION_IMPLS, DTYPES, GROUPNORM_SCOPES, REMAT_POLICIES, Downsample, GroupNorm, ModelConfigMixin, ResnetBlock,
+    Upsample, constrain_video, conv, dense, dot_product_attention, remat_block)
 from vidrd_jax.models.temporal_layers import (
     RELEASE_TEMPORAL_NORM_EPS, RELEASE_TEMPORAL_NORM_GROUPS, TEMPORAL_PADDINGS, TemporalConv)
 
@@ -51,6 +51,7 @@ class VAEConfig(ModelConfigMixin):
         :class:`~vidrd_jax.models.temporal_layers.TemporalConv`; no parameter changes, so weights load either way).
       dtype / param_dtype: ``float32`` | ``bfloat16``.
       remat_policy: rematerialisation of each encoder/decoder level (see ``layers.REMAT_POLICIES``).
+      attention_impl: the mid-block attention (see ``layers.dot_product_attention``; ``auto``: per backend).
     """
     in_channels: int = 3
     out_channels: int = 3
@@ -70,6 +71,7 @@ class VAEConfig(ModelConfigMixin):
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.block_out_channels, list):
@@ -105,7 +107,7 @@ class VAEConfig(ModelConfigMixin):
         if not 0.0 <= self.dropout < 1.0:
             fail("dropout", f"must be in [0, 1), got {self.dropout!r}")
         choices = {"groupnorm_scope": GROUPNORM_SCOPES, "temporal_padding": TEMPORAL_PADDINGS, "dtype": tuple(DTYPES),
-                   "param_dtype": tuple(DTYPES), "remat_policy": REMAT_POLICIES}
+                   "param_dtype": tuple(DTYPES), "remat_policy": REMAT_POLICIES, "attention_impl": ATTENTION_IMPLS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
@@ -178,7 +180,7 @@ class MidBlockAttention(nn.Module):
         kw = cfg.dtype_kwargs()
         h = GroupNorm(cfg.norm_num_groups, cfg.norm_eps, name="group_norm", **kw)(x).reshape(n, hh * ww, 1, c)
         q, k, v = (dense(c, ("embed", "heads"), name=name, **kw)(h) for name in ("to_q", "to_k", "to_v"))
-        out = dot_product_attention(q, k, v).reshape(n, hh * ww, c)
+        out = dot_product_attention(q, k, v, cfg.attention_impl).reshape(n, hh * ww, c)
         return dense(c, ("heads", "embed"), name="to_out_0", **kw)(out).reshape(x.shape) + x
 
 

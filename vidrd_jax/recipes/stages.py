@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 
 from vidrd_jax import checkpoints, export, generate, train
-from vidrd_jax import metrics as metrics_lib
+from vidrd_jax import metric_writer as metrics_lib
 from vidrd_jax.recipes import demo_evaluation
 from vidrd_jax.recipes.placeholders import EXPORT_DIR, export_dir, map_leaves, resolve
 from vidrd_jax.train_config import validate_config

@@ -28,6 +28,7 @@ Params = dict[str, Any]
 
 TASKS = {
     "autoencoder": "vidrd_jax.tasks.autoencoder:AutoencoderTask",
+    "combined_tuning": "vidrd_jax.tasks.combined_tuning:CombinedTuningTask",
     "denoising": "vidrd_jax.tasks.denoising:DenoisingTask",
     "vae_temporal": "vidrd_jax.tasks.vae_temporal:VAETemporalTask",
 }

@@ -1,14 +1,14 @@
 """Image autoencoder training: SD's KL autoencoder (paper eq. 4) learned frame by frame, as LDM trains it.
 
-The same objective as the temporal decoder's fine-tuning (:mod:`vidrd_jax.tasks.vae_temporal`, eq. 9: L1 [+ LPIPS],
-KL regulariser, hinge patch discriminator with LDM's adaptive weight from ``loss.disc_start``) but every 2-D
+LDM's objective (:mod:`vidrd_jax.tasks.kl_autoencoder`, eq. 9: L1 [+ LPIPS], KL regulariser, hinge patch
+discriminator with LDM's adaptive weight from ``loss.disc_start``), as for the temporal decoder, but every 2-D
 parameter of encoder and decoder trains, each frame is decoded on its own (``num_frames = 1``, so the decoder's
 Temp-Convs are the identity and keep their zero initialisation for the temporal stage), and the KL term now has a
 gradient. Start from scratch (``model.init_from = ""``, the ``preset`` with ``model.vae`` overrides) or fine-tune
 an inference checkpoint's ``vae``; the export is an inference checkpoint the denoising task can start from, with
 ``scaling_factor`` = 1 / std of the latents (LDM's ``scale_by_std``).
 
-Evaluation (``VAETemporalTask.evaluate``) reports PSNR / SSIM of the image decoder, e.g. on held-out clips with
+Evaluation (``KLAutoencoderTask.evaluate``) reports PSNR / SSIM of the image decoder, e.g. on held-out clips with
 ``sample.split = "heldout"``.
 """
 from __future__ import annotations
@@ -22,23 +22,23 @@ import numpy as np
 from absl import logging
 
 from vidrd_jax.tasks import Params
-from vidrd_jax.tasks.vae_temporal import VAETemporalTask
+from vidrd_jax.tasks.kl_autoencoder import KLAutoencoderTask
 
 # Every VAE parameter except the decoder's Temp-Convs.
 IMAGE_AUTOENCODER_REGEX = r"^vae/(?!decoder/.*temp_convs_\d+/)"
 
 
-class AutoencoderTask(VAETemporalTask):
+class AutoencoderTask(KLAutoencoderTask):
     """Trains encoder and 2-D decoder of the KL autoencoder on single frames (eq. 4; LDM's loss, eq. 9's terms)."""
 
     min_frames = 1
     trainable_prefix = "vae/"
+    default_trainable_regex = IMAGE_AUTOENCODER_REGEX
     needs_temporal_decoder = False
 
     @classmethod
     def config_defaults(cls) -> ml_collections.ConfigDict:
         c = super().config_defaults()
-        c.trainable_regex = IMAGE_AUTOENCODER_REGEX
         c.loss.reg_weight = 1e-6  # LDM's kl-f8 autoencoders
         c.model.scale_by_std = True  # export sets scaling_factor = 1 / latent std (see export)
         return c

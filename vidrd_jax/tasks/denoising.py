@@ -27,12 +27,13 @@ import ml_collections
 import numpy as np
 
 from vidrd_jax import checkpoints, train_state
-from vidrd_jax.diffusion.ddim import (add_noise, ddim_sample, min_snr_weight, sample_training_timesteps,
-                                     training_target)
+from vidrd_jax.diffusion.ddim import add_noise, min_snr_weight, sample_training_timesteps, training_target
 from vidrd_jax.diffusion.guidance import ClassifierFreeGuidance
-from vidrd_jax.diffusion.schedule import DDIMConfig, NoiseSchedule
+from vidrd_jax.diffusion.schedule import NoiseSchedule
+from vidrd_jax.diffusion.solvers import SamplerConfig, ddim_sample
 from vidrd_jax.models import factory
 from vidrd_jax.models.tokenizer import load_tokenizer
+from vidrd_jax.pipeline import UNetDenoiser, decode_latents, downsampling_factor
 from vidrd_jax.tasks import Params, Task
 
 MODELS = ("unet", "vae", "text_encoder")
@@ -154,9 +155,9 @@ class DenoisingTask(Task):
         self.models = {kind: factory.build(kind, cfg) for kind, cfg in self.model_configs.items()}
         vae_cfg = self.model_configs["vae"]
         self.scaling_factor = float(vae_cfg.scaling_factor)
-        self.vae_factor = 2 ** (len(vae_cfg.block_out_channels) - 1)
+        self.vae_factor = downsampling_factor(vae_cfg)
         if config.sample.every_steps:
-            multiple = self.vae_factor * 2 ** (len(self.model_configs["unet"].block_out_channels) - 1)
+            multiple = self.vae_factor * downsampling_factor(self.model_configs["unet"])
             for name in ("height", "width"):
                 if config.sample[name] % multiple:
                     raise ValueError(f"config.sample.{name} must be a multiple of {multiple} (VAE x UNet "
@@ -255,26 +256,19 @@ class DenoisingTask(Task):
     # --- outputs ---------------------------------------------------------------------------------------------
     @functools.cached_property
     def _sampler(self):
+        """One jitted program (text encoding, sampling, decoding) on the training parameters as they are (sharded
+        global arrays): the pipeline's denoiser, guidance and decoder without its host-side loop."""
         s = self.config.sample
         latent_shape = (len(s.prompts), s.num_frames, s.height // self.vae_factor, s.width // self.vae_factor,
                         self.model_configs["unet"].in_channels)
-        unet, vae = self.models["unet"], self.models["vae"]
-
-        def model_fn(z, t, text, params):
-            return unet.apply({"params": params}, z, jnp.full((z.shape[0],), t, jnp.int32), text)
-
-        guided = ClassifierFreeGuidance(model_fn, float(s.guidance_scale))
+        guided = ClassifierFreeGuidance(UNetDenoiser(self.model_configs["unet"]), float(s.guidance_scale))
 
         def run(params, ids, negative_ids, rng):
             cond = {"text": self.encode_text(params, ids), "negative": self.encode_text(params, negative_ids),
                     "params": params["unet"]}
-            z = ddim_sample(guided, self.schedule, DDIMConfig(num_steps=s.num_steps), cond, key=rng,
+            z = ddim_sample(guided, self.schedule, SamplerConfig(num_steps=s.num_steps), cond, key=rng,
                             shape=latent_shape)
-            n, f = z.shape[:2]
-            frames = vae.apply({"params": params["vae"]}, z.reshape((n * f,) + z.shape[2:]) / self.scaling_factor,
-                               num_frames=f, method="decode")
-            frames = jnp.clip((frames.astype(jnp.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8)
-            return frames.reshape((n, f) + frames.shape[1:])
+            return decode_latents(self.model_configs["vae"], params["vae"], z, num_frames=z.shape[1])
 
         return jax.jit(run)
 

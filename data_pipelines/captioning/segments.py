@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from data_pipelines.captioning import (
+from data_pipelines.captioning.captioners import (
     PROMPT_TEMPLATES,
     Captioner,
     check_model_folder,
