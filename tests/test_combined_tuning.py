@@ -36,7 +36,7 @@ def _config(loss_weights=(1.0, 1.0, 1.0)) -> ml_collections.ConfigDict:
 def _clips():
     frames = np.stack([builtin.render_clip(*builtin.parse_combo(p), num_frames=FRAMES, height=SIZE, **RENDER)
                        for p in PROMPTS])
-    masks = np.stack([BuiltinMasks(**RENDER)(f, p) for f, p in zip(frames, PROMPTS)])
+    masks = np.stack([BuiltinMasks(builtin.object_alpha, **RENDER)(f, p) for f, p in zip(frames, PROMPTS)])
     return frames, masks
 
 

@@ -57,7 +57,7 @@ def test_separate_masks_are_the_conditions_exact_masks(run):
     clips = _npz(Path(workdir) / "separate" / "clips.npz")
     assert clips["frames"].shape == (len(config.prompts), config.separate.num_frames, 32, 32, 3)
     for frames, masks, prompt in zip(clips["frames"], clips["masks"], config.prompts):
-        np.testing.assert_array_equal(masks, BuiltinMasks(**config.separate.render.to_dict())(frames, prompt))
+        np.testing.assert_array_equal(masks, BuiltinMasks(builtin.object_alpha, **config.separate.render.to_dict())(frames, prompt))
         assert masks.any() and not masks.all()
 
 

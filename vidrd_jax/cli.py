@@ -66,6 +66,16 @@ def run_cli(main: Callable[[Any], Any], argv: Sequence[str] | None = None, *,
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
+def run_command(run: Callable[[list[str]], Any], doc: str, argv: Sequence[str] | None = None) -> int:
+    """A recipe-style command: ``-h``/``--help`` prints ``doc`` (exit 0), else :func:`run_cli` of ``run(argv)``
+    (``argv[0]`` is the program name; default ``sys.argv``)."""
+    argv = list(sys.argv if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(doc)
+        return 0
+    return run_cli(run, argv)
+
+
 # --- checking outputs before the work ----------------------------------------------------------------------------
 
 def _is_url(path: str) -> bool:

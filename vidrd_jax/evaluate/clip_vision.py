@@ -62,6 +62,7 @@ class CLIPVisionConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    attention_impl: str = "auto"  # vidrd_jax.models.layers.ATTENTION_IMPLS
 
     def __post_init__(self) -> None:
         validate_tower_config(self, ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -91,7 +92,7 @@ class CLIPVisionConfig:
         """From a ``CLIPVisionConfig`` dict (a full ``CLIPConfig``'s ``vision_config`` works too)."""
         if "vision_config" in config_json and "hidden_size" not in config_json:
             config_json = config_json["vision_config"]
-        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype", "remat_policy"}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype", "remat_policy", "attention_impl"}
         return cls(**{**{name: config_json[name] for name in fields if name in config_json}, **overrides})
 
 

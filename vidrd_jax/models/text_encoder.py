@@ -45,7 +45,7 @@ ACTIVATION_AXES = ("batch", "length", "embed")
 
 def validate_tower_config(config: Any, positive_ints: Sequence[str]) -> None:
     """Checks the fields a CLIP tower config shares (text and image): ``positive_ints``, heads dividing the width,
-    activation, LayerNorm eps, dtypes and remat policy; errors name ``ClassName.field``."""
+    activation, LayerNorm eps, dtypes, remat policy and attention implementation; errors name ``ClassName.field``."""
     name = type(config).__name__
     for field in positive_ints:
         value = getattr(config, field)
@@ -63,6 +63,8 @@ def validate_tower_config(config: Any, positive_ints: Sequence[str]) -> None:
             raise ValueError(f"{name}.{field} must be one of {sorted(_DTYPES)}, got {getattr(config, field)!r}")
     if config.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"{name}.remat_policy must be one of {sorted(REMAT_POLICIES)}, got {config.remat_policy!r}")
+    if config.attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"{name}.attention_impl must be one of {ATTENTION_IMPLS}, got {config.attention_impl!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +87,6 @@ class CLIPTextConfig:
     def __post_init__(self) -> None:
         validate_tower_config(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                      "num_attention_heads", "max_position_embeddings"))
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"CLIPTextConfig.attention_impl must be one of {ATTENTION_IMPLS}, "
-                             f"got {self.attention_impl!r}")
 
     @property
     def head_dim(self) -> int:

@@ -33,11 +33,7 @@ def _run(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the staged config named by ``argv`` (``argv[0]`` is the program name; default ``sys.argv``); returns the
     exit status (module docstring)."""
-    argv = list(sys.argv if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv[1:]):
-        print(__doc__)
-        return 0
-    return cli.run_cli(_run, argv)
+    return cli.run_command(_run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -388,11 +388,7 @@ def _run(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m vidrd_jax.four_module --config configs/four_module.py[:test] --workdir DIR [--config.a.b=v]``:
     flags, logging and exit statuses are the trainer's (0 done, 2 one ``error: ...`` line, 75 after a SIGTERM)."""
-    argv = list(sys.argv if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv[1:]):
-        print(__doc__)
-        return 0
-    return cli.run_cli(_run, argv)
+    return cli.run_command(_run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vidrd_jax.diffusion.ddim import add_noise, min_snr_weight, sample_training_timesteps, training_target
+from vidrd_jax.diffusion.ddim import min_snr_weight
 from vidrd_jax.segmentation import latent_mask
 from vidrd_jax.tasks import Params
 from vidrd_jax.tasks.denoising import DenoisingTask
@@ -87,19 +87,9 @@ class CombinedTuningTask(DenoisingTask):
     def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Eq. 20 (per clip weighted by Min-SNR-γ when ``config.snr_gamma`` > 0); the three terms as metrics."""
-        z0 = inputs["latents"]
-        t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
-        t = sample_training_timesteps(t_rng, z0.shape[0], self.schedule.num_train_timesteps,
-                                      tuple(self.config.timestep_logit_normal) or None)
-        noise = jax.random.normal(noise_rng, z0.shape, jnp.float32)
-        z_t = add_noise(self.schedule, z0, noise, t)
-        text = self.encode_text(params, inputs["input_ids"])
-        pred = self.models["unet"].apply({"params": params["unet"]}, z_t, t, text, deterministic=False,
-                                         rngs={"dropout": dropout_rng})
-        target = training_target(self.schedule, z0, noise, t)
-        squared = jnp.square(pred.astype(jnp.float32) - target)
+        squared, t = self.squared_errors(params, inputs, rng)
         fg = inputs["mask"]
-        axes = tuple(range(1, z0.ndim))
+        axes = tuple(range(1, squared.ndim))
         terms = {"loss_l1": jnp.mean(squared, axis=axes), "loss_fg": jnp.mean(fg * squared, axis=axes),
                  "loss_bg": jnp.mean((1 - fg) * squared, axis=axes)}  # per clip; M² = M for binary masks
         if self.config.snr_gamma > 0:

@@ -233,10 +233,10 @@ class DenoisingTask(Task):
         latents = (z * self.scaling_factor).reshape((b, f) + z.shape[1:])
         return {"latents": jax.lax.stop_gradient(latents), "input_ids": batch["input_ids"]}
 
-    def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Eq. 3: mean squared error between the UNet output and the epsilon / velocity target (per clip weighted by
-        Min-SNR-γ when ``config.snr_gamma`` > 0)."""
+    def squared_errors(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+        """Eq. 3's per-element squared error between the UNet output and the epsilon / velocity target at sampled
+        timesteps ``t`` (float32, the latents' shape), and ``t``."""
         z0 = inputs["latents"]
         t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
         t = sample_training_timesteps(t_rng, z0.shape[0], self.schedule.num_train_timesteps,
@@ -247,7 +247,14 @@ class DenoisingTask(Task):
         pred = self.models["unet"].apply({"params": params["unet"]}, z_t, t, text, deterministic=False,
                                          rngs={"dropout": dropout_rng})
         target = training_target(self.schedule, z0, noise, t)
-        errors = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=tuple(range(1, z0.ndim)))
+        return jnp.square(pred.astype(jnp.float32) - target), t
+
+    def loss(self, params: Params, inputs: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Eq. 3: mean squared error between the UNet output and the epsilon / velocity target (per clip weighted by
+        Min-SNR-γ when ``config.snr_gamma`` > 0)."""
+        squared, t = self.squared_errors(params, inputs, rng)
+        errors = jnp.mean(squared, axis=tuple(range(1, squared.ndim)))
         if self.config.snr_gamma > 0:
             weighted = jnp.mean(min_snr_weight(self.schedule, t, self.config.snr_gamma) * errors)
             return weighted, {"unweighted_loss": jnp.mean(errors)}
