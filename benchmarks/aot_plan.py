@@ -99,12 +99,13 @@ def plan_sample(config, batch_per_device: int) -> dict:
 
     from vidrd_jax import parallel, train
     from vidrd_jax.diffusion import ClassifierFreeGuidance
+    from vidrd_jax.models import factory
     from vidrd_jax.pipeline import UNetDenoiser
 
     trainer = train.build_trainer(config)
     unet_config = trainer.task.model_configs["unet"]
     text_config = trainer.task.model_configs["text_encoder"]
-    vae_factor = 2 ** (len(trainer.task.model_configs["vae"].block_out_channels) - 1)
+    vae_factor = factory.downsampling_factor(trainer.task.model_configs["vae"])
     b = batch_per_device * jax.device_count()
     h, w = (s // vae_factor for s in config.data.resolution)
     latent = (b, config.sample.num_frames, h, w, unet_config.in_channels)

@@ -56,7 +56,6 @@ def check_checkpoint(directory: str | None, config: ml_collections.ConfigDict, o
     """The checkpoint's model_config; checks the resolution against its VAE and UNet downsampling."""
     from vidrd_jax import checkpoints
     from vidrd_jax.models import factory
-    from vidrd_jax.pipeline import downsampling_factor
 
     if not directory:
         raise UsageError("--checkpoint is required (an inference checkpoint directory)")
@@ -68,7 +67,7 @@ def check_checkpoint(directory: str | None, config: ml_collections.ConfigDict, o
         unet = factory.config_from_dict("unet", model_config["unet"])
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"--checkpoint: {e}") from None
-    vae_factor, unet_factor = downsampling_factor(vae), downsampling_factor(unet)
+    vae_factor, unet_factor = factory.downsampling_factor(vae), factory.downsampling_factor(unet)
     multiple = vae_factor * unet_factor
     if config.resolution % multiple:
         below = config.resolution // multiple * multiple

@@ -111,12 +111,6 @@ def _encode_text(config: CLIPTextConfig, params: Any, input_ids: jax.Array) -> j
     return CLIPTextModel(config).apply({"params": params}, input_ids).astype(jnp.float32)
 
 
-def downsampling_factor(config: VAEConfig | UNet3DConfig) -> int:
-    """Input positions per output position along height and width of a VAE encoder (pixels per latent) or a UNet
-    (latents per lowest-resolution position): every level but the last halves the size."""
-    return 2 ** (len(config.block_out_channels) - 1)
-
-
 def pixels_to_uint8(pixels: jax.Array) -> jax.Array:
     """Pixels in [-1, 1] -> uint8 levels ``round((x + 1) · 127.5)`` (ties to even) clipped to [0, 255]: the one
     conversion of decoded frames (generator and training previews)."""
@@ -254,12 +248,12 @@ class VideoPipeline:
     @property
     def vae_factor(self) -> int:
         """Pixels per latent along height and width."""
-        return downsampling_factor(self.configs["vae"])
+        return factory.downsampling_factor(self.configs["vae"])
 
     @property
     def spatial_multiple(self) -> int:
         """Height and width must be multiples of this: the VAE factor times the UNet's downsampling."""
-        return self.vae_factor * downsampling_factor(self.configs["unet"])
+        return self.vae_factor * factory.downsampling_factor(self.configs["unet"])
 
     def check_size(self, height: int, width: int) -> None:
         for name, value in (("height", height), ("width", width)):
@@ -416,4 +410,4 @@ def num_output_frames(config: LongVideoConfig | CoDenoiseConfig) -> int:
 
 
 __all__ = ["StepProgress", "UNetDenoiser", "VideoChunk", "VideoPipeline", "check_params", "decode_latents",
-           "downsampling_factor", "num_output_frames", "pixels_to_uint8", "resolve_schedule"]
+           "num_output_frames", "pixels_to_uint8", "resolve_schedule"]

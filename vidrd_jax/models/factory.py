@@ -29,6 +29,12 @@ def config_from_dict(kind: Kind, config: dict[str, Any]):
     return CONFIG_CLASSES[kind].from_dict(config)
 
 
+def downsampling_factor(config: VAEConfig | UNet3DConfig) -> int:
+    """Input positions per output position along height and width of a VAE encoder (pixels per latent) or a UNet
+    (latents per lowest-resolution position): every level but the last halves the size."""
+    return 2 ** (len(config.block_out_channels) - 1)
+
+
 def build(kind: Kind, config) -> nn.Module:
     return _MODEL_CLASSES[kind](config)
 
@@ -39,12 +45,12 @@ def init_fn(kind: Kind, config):
     if kind == "unet":
         cin = config.in_channels
         # Parameter shapes do not depend on the input size: the smallest valid input is enough.
-        size = 2 ** (len(config.block_out_channels) - 1)
+        size = downsampling_factor(config)
         sample = jnp.zeros((1, 2, size, size, cin), jnp.float32)
         text = jnp.zeros((1, 1, config.cross_attention_dim), jnp.float32)
         return lambda rng: model.init(rng, sample, jnp.zeros((1,), jnp.int32), text)
     if kind == "vae":
-        size = 2 ** (len(config.block_out_channels) - 1)
+        size = downsampling_factor(config)
         pixels = jnp.zeros((2, size, size, config.in_channels), jnp.float32)
         return lambda rng: model.init(rng, pixels, num_frames=2)
     ids = jnp.zeros((1, config.max_position_embeddings), jnp.int32)

@@ -33,7 +33,7 @@ from vidrd_jax.diffusion.schedule import NoiseSchedule
 from vidrd_jax.diffusion.solvers import SamplerConfig, ddim_sample
 from vidrd_jax.models import factory
 from vidrd_jax.models.tokenizer import load_tokenizer
-from vidrd_jax.pipeline import UNetDenoiser, decode_latents, downsampling_factor
+from vidrd_jax.pipeline import UNetDenoiser, decode_latents
 from vidrd_jax.tasks import Params, Task
 
 MODELS = ("unet", "vae", "text_encoder")
@@ -155,9 +155,9 @@ class DenoisingTask(Task):
         self.models = {kind: factory.build(kind, cfg) for kind, cfg in self.model_configs.items()}
         vae_cfg = self.model_configs["vae"]
         self.scaling_factor = float(vae_cfg.scaling_factor)
-        self.vae_factor = downsampling_factor(vae_cfg)
+        self.vae_factor = factory.downsampling_factor(vae_cfg)
         if config.sample.every_steps:
-            multiple = self.vae_factor * downsampling_factor(self.model_configs["unet"])
+            multiple = self.vae_factor * factory.downsampling_factor(self.model_configs["unet"])
             for name in ("height", "width"):
                 if config.sample[name] % multiple:
                     raise ValueError(f"config.sample.{name} must be a multiple of {multiple} (VAE x UNet "

@@ -208,7 +208,7 @@ class KLAutoencoderTask(Task):
         self.discriminator = PatchDiscriminator3D(self.disc_config)
         self.adversarial = config.loss.disc_weight > 0  # α_disc = 0: no discriminator parameters or computation
         self.lpips_params = load_lpips_params(config.loss.lpips_dir) if config.loss.lpips_dir else None
-        self.vae_factor = 2 ** (len(self.vae_config.block_out_channels) - 1)
+        self.vae_factor = factory.downsampling_factor(self.vae_config)
 
     # --- parameters -------------------------------------------------------------------------------------------
     def _disc_init(self, rng: jax.Array) -> Params:
