@@ -54,7 +54,7 @@ def diffusers_config(channels: tuple[int, ...]) -> dict:
                 layers_per_block=2, down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
                 attention_head_dim=[c // 64 for c in channels], cross_attention_dim=TEXT_WIDTH, norm_num_groups=32,
-                use_linear_projection=True, flip_sin_to_cos=True, freq_shift=0)
+                use_linear_projection=True, flip_sin_to_cos=True, freq_shift=0, norm_eps=1e-5)
 
 
 def random_params(model: nn.Module, args: tuple, seed: int) -> dict:

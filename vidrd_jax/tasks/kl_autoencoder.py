@@ -53,6 +53,7 @@ from vidrd_jax.models.discriminator import (DiscriminatorConfig, PatchDiscrimina
                                             generator_loss, hinge_d_loss)
 from vidrd_jax.models.lpips import LPIPS, abstract_lpips_params, load_lpips_params
 from vidrd_jax.models.vae import VAEConfig
+from vidrd_jax.pipeline import pixels_to_uint8
 from vidrd_jax.tasks import Params, Task
 from vidrd_jax.tasks.autoencoder_losses import adaptive_weight, conv_kernel_grads, kl_divergence
 
@@ -82,10 +83,6 @@ def _disc_config(overrides: ml_collections.ConfigDict) -> DiscriminatorConfig:
         return DiscriminatorConfig.from_dict(overrides.to_dict())
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.model.discriminator: {e}") from e
-
-
-def _to_uint8(x: jax.Array) -> jax.Array:
-    return jnp.clip((x.astype(jnp.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8)
 
 
 class KLAutoencoderTask(Task):
@@ -385,7 +382,7 @@ class KLAutoencoderTask(Task):
             mean, logvar = self.encode(params, video)
             sampled = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
             f = video.shape[1]
-            metrics, previews = {}, [_to_uint8(video)]
+            metrics, previews = {}, [pixels_to_uint8(video)]
             for latents, z in (("mean", mean), ("sample", sampled)):
                 for decoder, num_frames in (("image_decoder", 1), ("temporal_decoder", f)):
                     recon = self.vae.apply({"params": params["vae"]}, z, num_frames=num_frames, method="decode")
@@ -393,7 +390,7 @@ class KLAutoencoderTask(Task):
                     for k, v in video_metrics.reconstruction_metrics(video, recon).items():
                         metrics[f"{latents}/{decoder}/{k}"] = v
                     if latents == "mean":
-                        previews.append(_to_uint8(recon))
+                        previews.append(pixels_to_uint8(recon))
             return metrics, jnp.concatenate(previews, axis=3)
 
         return jax.jit(run)
