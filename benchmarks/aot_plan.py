@@ -2,6 +2,7 @@
 
     python benchmarks/aot_plan.py --devices 8 --mesh data=-1
     python benchmarks/aot_plan.py --devices 64 --mesh data=8,fsdp=8 --batch-per-device 8
+    python benchmarks/aot_plan.py --devices 1 --batch-per-device 1 --resolution 64 --remat none --what train
 
 Nothing is allocated: the trainer of ``configs/sd21_256.py`` (random SD-2.1 init, the paper's trainable set, bf16,
 full remat) is built on ``--devices`` fake CPU devices (``--xla_force_host_platform_device_count``), its step is
@@ -142,6 +143,8 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=50, help="denoising steps per clip")
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation for the prediction")
     parser.add_argument("--what", default="train,sample", help="comma-separated: train, sample")
+    parser.add_argument("--resolution", type=int, default=256, help="frame height = width in pixels")
+    parser.add_argument("--remat", default="full", help="the UNet's remat_policy (none, full, ...)")
     parser.add_argument("--json", default=None, help="append the results as JSON lines to this file")
     args = parser.parse_args()
     mesh = _parse_mesh(args.mesh)
@@ -158,6 +161,10 @@ def main() -> None:
     config = load_config(str(REPO / "configs" / "sd21_256.py"))
     config.mesh.update(mesh)
     config.sample.every_steps = 0
+    config.data.worker_count = 0  # one example's shapes are all the plan reads
+    config.data.resolution = (args.resolution, args.resolution)
+    config.sample.update(height=args.resolution, width=args.resolution)
+    config.model.unet.remat_policy = args.remat
     print(f"# jax {jax.__version__}, {jax.device_count()} fake devices, mesh {mesh}", flush=True)
     results = []
     if "train" in what:
