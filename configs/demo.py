@@ -37,11 +37,10 @@ generate_default = load_module(Path(__file__).with_name("generate_default.py"))
 
 RESOLUTION = 32
 FRAMES = 4  # keyframes per training clip = frames per generated clip (N)
-# The shapes' motion: each path spans half the frame through its centre line, so the direction word tells where
-# the object is at every frame. `motion="wrap", step_range=(0.16, 0.18)` (clips cut at random phases from endless
-# wrapping trajectories, so a clip's last frames are a valid start of the next) is what continuation needs; at the
-# test size it does not yet pass the continuation marks and its flicker margin does not hold on every seed
-# (BENCHMARKS.md), so the demo keeps the centred paths until a full-size sweep backs the switch.
+# The shapes' motion: each path spans half the frame through its centre line, so the direction word also tells where
+# the object is at every frame (the direction mark relies on it at this training budget). Each long-video
+# clip therefore restarts the path (jump ratio above its mark, BENCHMARKS.md); `motion="wrap"` (clips cut at random
+# phases from endless wrapping paths) makes clips continue but leaves position uninformative of the direction.
 MOTION = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
 
 

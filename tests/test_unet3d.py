@@ -189,7 +189,8 @@ def test_remat_and_bf16_match_fp32(fresh3d_params, apply3d_frame, inputs):
     model = UNet3D(cfg)
     out = _run(_jit(model.apply), trained, x, t, ctx)
     assert out.dtype == np.float32 and np.isfinite(out).all()
-    assert np.abs(out - ref).max() <= 5e-2 * np.abs(ref).max()
+    # bf16 rounds every layer's output: allow one bf16 epsilon of the output's scale per layer of depth (~20).
+    assert_close(out, ref, ops=UNET_OPS // 40, dtype=jnp.bfloat16, err_msg="bf16 + remat vs fp32")
     jaxpr = str(jax.make_jaxpr(lambda p: model.apply({"params": p}, x, t, ctx))(trained))
     assert "remat" in jaxpr  # nn.remat wraps every down/mid/up block
 

@@ -119,11 +119,18 @@ class GroupNorm(nn.Module):
                            (channels,), self.param_dtype)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
                           (channels,), self.param_dtype)
-        grouped = x.astype(jnp.float32).reshape(x.shape[0], -1, self.num_groups, channels // self.num_groups)
-        mean = grouped.mean(axis=(1, 3), keepdims=True)
-        var = jnp.square(grouped - mean).mean(axis=(1, 3), keepdims=True)
-        normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-        return (normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+        n, per_group = x.shape[0], channels // self.num_groups
+
+        def group_mean(t: Array) -> Array:  # [N, L, C] -> its group's mean at every channel, [N, 1, C]
+            means = t.mean(axis=1).reshape(n, self.num_groups, per_group).mean(axis=-1)
+            return jnp.repeat(means, per_group, axis=-1)[:, None, :]
+
+        # Two-pass statistics (as PyTorch) reduced per channel first, so the data keeps its channel-minor layout
+        # (no [N, L, G, C/G] relayout, which XLA CPU runs ~4x slower); scale folded into the inverse deviation.
+        flat = x.astype(jnp.float32).reshape(n, -1, channels)
+        centred = flat - group_mean(flat)
+        inv = jax.lax.rsqrt(group_mean(jnp.square(centred)) + self.epsilon) * scale.astype(jnp.float32)
+        return (centred * inv + bias.astype(jnp.float32)).reshape(x.shape).astype(self.dtype)
 
 
 def group_norm(norm: GroupNorm, x: Array, scope: str) -> Array:
