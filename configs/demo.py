@@ -164,11 +164,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     ev = demo_evaluation.get_default_config()
     ev.render.update(MOTION)
-    ev.update(checkpoint="{export:temporal_vae}", baseline_checkpoint="{export:baseline}", resolution=RESOLUTION,
-              num_frames=FRAMES, num_prompt_frames=FRAMES // 2, num_clips=4, num_steps=NUM_STEPS,
-              guidance_scale=GUIDANCE, num_prompts=16, ablation_prompts=4)
+    ev.update(checkpoint="{export:temporal_vae}", baseline_checkpoint="{export:baseline}", num_prompts=16,
+              ablation_prompts=4, sampling=_sampling("vidrd", steps))
     if test:
-        ev.update(num_steps=steps, num_clips=2)
+        ev.sampling.vidrd.num_clips, ev.sampling.codenoise.num_frames = 2, 2 * FRAMES
     c.evaluate = _stage("evaluate_demo", ev)
     return c
 
@@ -176,12 +175,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 NUM_STEPS, GUIDANCE = 25, 7.5
 
 
-def _generate(mode: str, prompts: list[str], out: str, num_steps: int) -> ml_collections.ConfigDict:
-    """A generate stage: ``configs/generate_default.py`` at the demo's size on the final model."""
+def _sampling(mode: str, num_steps: int) -> ml_collections.ConfigDict:
+    """``configs/generate_default.py`` at the demo's size: 4 clips of N frames, or as many co-denoised frames."""
     sampling = generate_default.get_config()
     sampling.update(mode=mode, resolution=RESOLUTION, num_steps=num_steps, guidance_scale=GUIDANCE,
                     negative_prompt="")
     sampling.vidrd.update(num_clips=4, num_frames=FRAMES, num_prompt_frames=FRAMES // 2)
     sampling.codenoise.update(num_frames=4 * FRAMES, window_size=FRAMES, stride=FRAMES // 2, decode_frames=FRAMES)
-    return ml_collections.ConfigDict(dict(sampling=sampling, checkpoint="{export:temporal_vae}", prompts=prompts,
-                                          out=out))
+    return sampling
+
+
+def _generate(mode: str, prompts: list[str], out: str, num_steps: int) -> ml_collections.ConfigDict:
+    """A generate stage: the demo's sampling settings on the final model."""
+    return ml_collections.ConfigDict(dict(sampling=_sampling(mode, num_steps), checkpoint="{export:temporal_vae}",
+                                          prompts=prompts, out=out))

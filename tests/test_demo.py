@@ -63,6 +63,9 @@ def test_evaluation_table_and_sampler_ablation(demo):
     evaluation = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
     print("\n" + (workdir / "evaluate" / "evaluation.md").read_text())
     assert "| model | reverse_dsg_pns |" in stdout and "| baseline | reverse_dsg_pns |" in stdout
+    assert "| model | co_denoise |" in stdout  # the co-denoised videos of the ablation prompts, scored alike
+    assert evaluation["results"]["model"]["co_denoise"]["num_videos"] == \
+        evaluation["results"]["model"]["forward_dsg_pns"]["num_videos"]
     model = evaluation["results"]["model"]
     main = model["reverse_dsg_pns"]
     assert main["num_videos"] >= 32  # 16 held-out prompts x 2 seeds

@@ -84,8 +84,16 @@ def test_config_errors_name_the_field():
         ev.validate_config(c)
     c = ev.get_default_config()
     c.checkpoint = "/x"
-    c.num_clips = 1
-    with pytest.raises(ValueError, match="num_clips"):
+    c.sampling.vidrd.num_clips = 1
+    with pytest.raises(ValueError, match=r"sampling\.vidrd\.num_clips"):
+        ev.validate_config(c)
+    c.sampling.vidrd.num_clips = 3  # 12 frames, but the co-denoised video still has 16
+    with pytest.raises(ValueError, match=r"sampling\.codenoise\.num_frames.*12"):
+        ev.validate_config(c)
+    c = ev.get_default_config()
+    c.checkpoint = "/x"
+    c.sampling.vidrd.dsg_beta = 2.0  # the generator's own validation, under the group's name
+    with pytest.raises(ValueError, match=r"sampling: .*dsg_beta"):
         ev.validate_config(c)
     with pytest.raises(ValueError, match="checkpoint"):
         ev.validate_config(ev.get_default_config())
@@ -180,7 +188,8 @@ def _results(variants: dict, c) -> dict:
 def test_continuation_marks_need_smooth_junctions_and_motion():
     c = ev.get_default_config()
     c.render.update(WRAP)
-    c.update(num_prompts=8, seeds=(0,), num_clips=3, num_frames=4, resolution=32)
+    c.update(num_prompts=8, seeds=(0,))
+    c.sampling.vidrd.update(num_clips=3, num_frames=4)
     combos = ev.evaluation_prompts(c)
     continuing = _wrapping_videos(combos)
     still = np.repeat(continuing[:, :1], 12, axis=1)  # perfectly smooth at every junction, and not moving

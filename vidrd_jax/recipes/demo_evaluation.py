@@ -6,10 +6,10 @@ long video smooth where clips meet?
 Prompts are the built-in dataset's held-out (colour, shape, direction) combinations (``data_pipelines.builtin
 .heldout_combos``: every word and every attribute pair was seen in training, the triple never). For each model
 (``checkpoint``: the final VidRD model; ``baseline_checkpoint``: the same trained without temporal layers) and each
-sampler variant, one batch of VidRD long videos (``num_clips`` clips of ``num_frames`` frames, paper Algorithm 1)
-is generated per seed (``num_prompts`` prompts for the main variant, the first ``ablation_prompts`` for the others,
-balanced over directions and colours: :func:`evaluation_prompts`),
-and scored on the decoded frames:
+sampler variant, one batch of VidRD long videos (``sampling.vidrd``: ``num_clips`` clips of ``num_frames`` frames,
+paper Algorithm 1; ``sampling`` has the generator's schema, ``configs/generate_default.py``) is generated per seed
+(``num_prompts`` prompts for the main variant, the first ``ablation_prompts`` for the others, balanced over
+directions and colours: :func:`evaluation_prompts`), and scored on the decoded frames:
 
 * colour accuracy: the moving object's pixels (saturation ``max(rgb) - min(rgb)`` above ``saturation_threshold``;
   the backgrounds are gray) averaged over the first clip, nearest palette colour == the prompt's colour;
@@ -32,7 +32,9 @@ and scored on the decoded frames:
   video's perfect smoothness shows as dynamic degree 0.
 
 Variants (paper §5.4's ablation on our data): ``frame_mapping`` reverse vs forward, and DSG + PNS on (``dsg_beta``,
-``pns_alpha``) vs off (β = 0, α = 0: the prompt frames are reused but neither guided nor mixed). The baseline runs the
+``pns_alpha``) vs off (β = 0, α = 0: the prompt frames are reused but neither guided nor mixed), and ``co_denoise``:
+the same model co-denoising overlapping windows (``sampling.codenoise``, paper 000 eq. 18-19; a video as long as the
+VidRD ones, scored at the same clip positions, where it has no junction of its own). The baseline runs the
 main variant. The model's row ``reconstruction`` scores rendered clips of the same combinations (drawn with
 ``render``, the training data's motion ranges) passed through its autoencoder (encoder mean -> decoder): how well the
 decoder keeps colour and motion of real clips. Continuation marks (every variant, a second table): junction ratio
@@ -55,9 +57,8 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import builtin
-from vidrd_jax import checkpoints, cli, media
-from vidrd_jax.config_loading import load_config
-from vidrd_jax.diffusion import LongVideoConfig
+from vidrd_jax import checkpoints, cli, generate, generate_config, media
+from vidrd_jax.config_loading import load_config, load_module
 from vidrd_jax.evaluate import long_video_metrics
 from vidrd_jax.pipeline import VideoPipeline
 from vidrd_jax.recipes.placeholders import resolve
@@ -69,6 +70,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "forward_no_dsg_pns": dict(frame_mapping="forward", dsg_beta=0.0, pns_alpha=0.0),
 }
 MAIN_VARIANT = "reverse_dsg_pns"
+CO_DENOISE = "co_denoise"  # the model's co-denoised videos (eq. 18-19), scored at the same clip positions
 CONTINUATION = ("junction_ratio", "jump_ratio", "motion_ratio")  # marks of every variant
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 OUTPUT_JSON, OUTPUT_TABLE, SHEETS_DIR = "evaluation.json", "evaluation.md", "sheets"
@@ -87,15 +89,12 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.num_prompts = 24  # held-out combinations evaluated with the main variant (<= the number held out)
     c.ablation_prompts = 8  # the first this many of them for the other sampler variants (smoothness ablation)
     c.seeds = (0, 1)
-    c.resolution = 32
-    c.num_clips = 4
-    c.num_frames = 4  # N
-    c.num_prompt_frames = 2  # M
-    c.num_steps = 25
-    c.guidance_scale = 5.0
-    c.negative_prompt = ""
-    c.dsg_beta = 0.4
-    c.pns_alpha = 4.0
+    # The generator's settings (``configs/generate_default.py``'s schema; ``mode``, ``seed``, ``fps`` and
+    # ``contact_sheet`` are not used): ``vidrd`` for the VidRD variants, ``codenoise`` for the co-denoising row.
+    c.sampling = load_module(generate.DEFAULT_CONFIG).get_config()
+    c.sampling.update(resolution=32, num_steps=25, guidance_scale=5.0, negative_prompt="")
+    c.sampling.vidrd.update(num_clips=4, num_frames=4, num_prompt_frames=2)
+    c.sampling.codenoise.update(num_frames=16, window_size=4, stride=2, decode_frames=4)
     c.saturation_threshold = 0.25  # object pixels: max(rgb) - min(rgb) > this ([0, 1] scale)
     c.sheet_videos = 8
     # Pass marks of the main variant, reported in the table: colour and direction accuracy at least, and continuation
@@ -120,16 +119,27 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"ablation_prompts: must be in [1, num_prompts={c.num_prompts}], got {c.ablation_prompts}")
     if not c.seeds or len(set(c.seeds)) != len(c.seeds):
         raise ValueError(f"seeds: must be distinct ints, got {c.seeds!r}")
-    for name in ("resolution", "num_clips", "num_frames", "num_steps", "sheet_videos"):
-        if not isinstance(c[name], int) or c[name] < 1:
-            raise ValueError(f"{name}: must be a positive int, got {c[name]!r}")
-    if c.num_clips < 2:
-        raise ValueError(f"num_clips: junctions need >= 2 clips, got {c.num_clips}")
-    if c.num_frames < 2 or not 0 <= c.num_prompt_frames < c.num_frames:
-        raise ValueError(f"num_frames / num_prompt_frames: need N >= 2 and 0 <= M < N, got {c.num_frames}, "
-                         f"{c.num_prompt_frames}")
+    if not isinstance(c.sheet_videos, int) or c.sheet_videos < 1:
+        raise ValueError(f"sheet_videos: must be a positive int, got {c.sheet_videos!r}")
     try:
-        builtin.render_clip("red", "circle", "left", num_frames=2, height=c.resolution, **c.render.to_dict())
+        generate_config.validate_config(c.sampling)
+    except cli.UsageError as e:
+        raise ValueError(f"sampling: {e}") from None
+    v = c.sampling.vidrd
+    if v.num_clips < 2:
+        raise ValueError(f"sampling.vidrd.num_clips: junctions need >= 2 clips, got {v.num_clips}")
+    if v.num_frames < 2 or v.num_prompt_frames >= v.num_frames:
+        raise ValueError(f"sampling.vidrd.num_frames / num_prompt_frames: need N >= 2 and M < N, got {v.num_frames}, "
+                         f"{v.num_prompt_frames}")
+    if v.output != "all_frames":
+        raise ValueError(f"sampling.vidrd.output: junctions are scored on whole clips, so it must be 'all_frames', "
+                         f"got {v.output!r}")
+    if c.sampling.codenoise.num_frames != video_frames(c):
+        raise ValueError(f"sampling.codenoise.num_frames: the co-denoised video must be as long as the VidRD one "
+                         f"(num_clips x num_frames = {video_frames(c)}), got {c.sampling.codenoise.num_frames}")
+    try:
+        builtin.render_clip("red", "circle", "left", num_frames=2, height=c.sampling.resolution,
+                            **c.render.to_dict())
     except (TypeError, ValueError) as e:
         raise ValueError(f"render: {e}") from e
     if not 0 < c.saturation_threshold < 1:
@@ -276,21 +286,24 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
 
 # --- generation --------------------------------------------------------------------------------------------------
 
-def _long_video_config(c: ml_collections.ConfigDict, prompts: tuple[str, ...], **variant):
-    fields = dict(num_clips=c.num_clips, num_frames=c.num_frames, num_prompt_frames=c.num_prompt_frames,
-                  pns_alpha=c.pns_alpha, dsg_beta=c.dsg_beta, num_steps=c.num_steps, guidance_scale=c.guidance_scale,
-                  negative_prompt=c.negative_prompt)
-    return LongVideoConfig(prompts=prompts, **{**fields, **variant})
+def video_frames(c: ml_collections.ConfigDict) -> int:
+    """Frames of every evaluated video: ``num_clips · N`` (VidRD with ``all_frames``; co-denoising's L)."""
+    return c.sampling.vidrd.num_clips * c.sampling.vidrd.num_frames
 
 
 def generate_videos(pipeline, c: ml_collections.ConfigDict, prompts: Sequence[str], seed: int,
-                    variant: dict[str, Any]) -> np.ndarray:
-    """uint8 ``[P, num_clips·N, H, W, 3]``: one long video per prompt (one batch)."""
+                    variant: str) -> np.ndarray:
+    """uint8 ``[P, num_clips·N, H, W, 3]``: one video per prompt (one batch) by the sampler of ``variant``."""
     import jax
 
-    config = _long_video_config(c, (prompts[0],), **variant)
-    chunks = pipeline.generate_long_video(config, key=jax.random.key(seed), height=c.resolution,
-                                          width=c.resolution, prompts=[(p,) for p in prompts])
+    size = dict(key=jax.random.key(seed), height=c.sampling.resolution, width=c.sampling.resolution,
+                prompts=[(p,) for p in prompts])
+    if variant == CO_DENOISE:
+        chunks = pipeline.co_denoise(generate_config.co_denoise_config(c.sampling, (prompts[0],)), **size,
+                                     decode_frames=c.sampling.codenoise.decode_frames)
+    else:
+        config = generate_config.long_video_config(c.sampling, (prompts[0],), **VARIANTS[variant])
+        chunks = pipeline.generate_long_video(config, **size)
     return np.concatenate([chunk.frames for chunk in chunks], axis=1)
 
 
@@ -298,7 +311,7 @@ def rendered_clips(c: ml_collections.ConfigDict) -> tuple[np.ndarray, list[built
     """uint8 ``[P·seeds, num_clips·N, H, W, 3]``: rendered clips of the evaluated combinations (``num_clips · N``
     frames of one continuous motion each, drawn with ``render``), and their combos."""
     combos = evaluation_prompts(c)
-    clips = np.stack([builtin.render_clip(*combo, num_frames=c.num_clips * c.num_frames, height=c.resolution,
+    clips = np.stack([builtin.render_clip(*combo, num_frames=video_frames(c), height=c.sampling.resolution,
                                           background=builtin.BACKGROUNDS[i % 2], seed=1000 * seed + i,
                                           **c.render.to_dict())
                       for seed in c.seeds for i, combo in enumerate(combos)])
@@ -314,7 +327,7 @@ def data_scores(c: ml_collections.ConfigDict) -> dict[str, float]:
     """The scores of :func:`rendered_clips` themselves: the reference of ``motion_ratio`` (and what a continuing
     video scores)."""
     clips, combos = rendered_clips(c)
-    return score_videos(clips, combos, c.num_frames, c.saturation_threshold, wraps(c))
+    return score_videos(clips, combos, c.sampling.vidrd.num_frames, c.saturation_threshold, wraps(c))
 
 
 def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, float]:
@@ -322,8 +335,8 @@ def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, f
     and decoder. A decoder that washes a colour out of real clips limits the generator too (loosely: the UNet may
     learn latents that decode more saturated than encoded ones)."""
     clips, combos = rendered_clips(c)
-    videos = pipeline.decode_clip(pipeline.encode_clip(clips), c.num_frames)
-    return score_videos(videos, combos, c.num_frames, c.saturation_threshold, wraps(c))
+    videos = pipeline.decode_clip(pipeline.encode_clip(clips), c.sampling.vidrd.num_frames)
+    return score_videos(videos, combos, c.sampling.vidrd.num_frames, c.saturation_threshold, wraps(c))
 
 
 def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequence[str], out_dir: str,
@@ -337,9 +350,10 @@ def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequ
         count = c.num_prompts if name == MAIN_VARIANT else c.ablation_prompts
         combos = evaluation_prompts(c)[:count]
         prompts = [builtin.caption_for(*combo) for combo in combos]
-        per_seed = [generate_videos(pipeline, c, prompts, seed, VARIANTS[name]) for seed in c.seeds]
+        per_seed = [generate_videos(pipeline, c, prompts, seed, name) for seed in c.seeds]
         videos = np.concatenate(per_seed, axis=0)
-        results[name] = score_videos(videos, list(combos) * len(c.seeds), c.num_frames, c.saturation_threshold,
+        results[name] = score_videos(videos, list(combos) * len(c.seeds), c.sampling.vidrd.num_frames,
+                                     c.saturation_threshold,
                                      wraps(c))
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
         sheet = per_seed[0][: c.sheet_videos]
@@ -389,7 +403,7 @@ def format_marks(results: dict[str, Any], thresholds: ml_collections.ConfigDict)
     head = (f"junction ratio <= {thresholds.junction_ratio}", f"jump ratio <= {thresholds.jump_ratio}",
             f"motion ratio >= {thresholds.motion_ratio}")
     lines = ["| variant | " + " | ".join(head) + " | continues |", "|" + "---|" * (len(head) + 2)]
-    for variant in VARIANTS:
+    for variant in (v for v in (*VARIANTS, CO_DENOISE) if v in results["model"]):
         scores = results["model"][variant]
         marks = continuation_marks(scores, thresholds)
         cells = [f"{scores[k]:.3f} ({'pass' if marks[k] else 'FAIL'})" for k in CONTINUATION]
@@ -408,7 +422,7 @@ def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
             except (OSError, ValueError) as e:
                 raise cli.UsageError(f"{field}: {e}") from None
     start = time.perf_counter()
-    results: dict[str, Any] = {"model": evaluate_model(c.checkpoint, c, list(VARIANTS), out_dir, "model",
+    results: dict[str, Any] = {"model": evaluate_model(c.checkpoint, c, [*VARIANTS, CO_DENOISE], out_dir, "model",
                                                        reconstruction=True)}
     if c.baseline_checkpoint:
         results["baseline"] = evaluate_model(c.baseline_checkpoint, c, [MAIN_VARIANT], out_dir, "baseline")
