@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.guidance_scale = 10.0  # classifier-free guidance w (§5.3)
     c.negative_prompt = "watermark"  # the unconditional branch's prompt
     c.fps = 8.0  # frame rate of the written mp4/GIF
+    c.data_parallel_devices = 1  # devices the batch of videos is split over (-1: all; a batch must be a multiple)
 
     c.vidrd = ml_collections.ConfigDict()
     c.vidrd.num_clips = 4  # K clips (--num_clips)

@@ -252,6 +252,13 @@ def test_batch_file_one_video_per_line_and_one_trace_for_1_or_6_clips(checkpoint
         assert not np.array_equal(videos[0], videos[1])
         assert record["videos"][0]["frames_sha256"] != record["videos"][1]["frames_sha256"]
     assert len(record["clips"]) == 6
+    # The same batch split over 2 devices (one video each): the same videos up to float rounding.
+    out = tmp_path / "parallel.mp4"
+    assert generate.main(argv(checkpoint, out, "--batch_prompts_file", str(prompts), "--num_clips", "6",
+                              "--config.data_parallel_devices=2", prompts=())) == 0
+    for b in range(2):
+        parallel, single = (media.read_video(tmp_path / f"{name}_{b}.mp4").astype(float) for name in ("parallel", "batch6"))
+        assert parallel.shape == single.shape and np.abs(parallel - single).mean() < 0.5
 
 
 @pytest.mark.parametrize("extra,prompts,message", [
@@ -266,6 +273,8 @@ def test_batch_file_one_video_per_line_and_one_trace_for_1_or_6_clips(checkpoint
     (["--config.eta=-0.5"], None, r"config\.eta"),
     (["--config.guidance_scale=-1"], None, r"config\.guidance_scale"),
     (["--config.fps=0"], None, r"config\.fps"),
+    (["--config.data_parallel_devices=0"], None, r"config\.data_parallel_devices must be -1"),
+    (["--config.data_parallel_devices=3"], None, r"config\.data_parallel_devices: a batch of 1 videos does not split"),
     (["--config.num_step=3"], None, r"unknown field: 'num_step' Did you mean \"num_steps\""),
     (["--config.num_steps=many"], None, r"--config\.num_steps=many"),
     (["--num_clips", "3"], ("a", "b"), r"--prompt: 2 prompts for --num_clips 3"),

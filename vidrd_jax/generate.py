@@ -44,7 +44,7 @@ import ml_collections
 
 from vidrd_jax import cli
 from vidrd_jax.cli import UsageError
-from vidrd_jax.generate_config import (MODES, PROMPT_SEPARATOR, check_prompt_count, co_denoise_config,
+from vidrd_jax.generate_config import (MODES, PROMPT_SEPARATOR, check_prompt_count, co_denoise_config, data_parallel_mesh,
                                        long_video_config, read_prompts, sampler_config, validate_config)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "generate_default.py"
@@ -94,13 +94,14 @@ def run(config: ml_collections.ConfigDict, checkpoint: str, rows: list[tuple[str
     sampler = sampler_config(config, rows[0])
     paths, json_path = output_paths(out, len(rows), batched)
     model_config = check_checkpoint(checkpoint, config, os.path.splitext(out)[1].lower())
+    mesh = data_parallel_mesh(config, len(rows))
 
     import jax
 
     from vidrd_jax.pipeline import VideoPipeline, num_output_frames
 
     try:
-        pipeline = VideoPipeline.from_checkpoint(checkpoint, progress=progress)
+        pipeline = VideoPipeline.from_checkpoint(checkpoint, progress=progress, mesh=mesh)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"--checkpoint: {e}") from None
     setup_seconds = time.perf_counter() - started

@@ -87,7 +87,7 @@ MODES = {
 }
 CONFIG_FIELDS = {
     "": ("mode", "seed", "resolution", "num_steps", "eta", "solver", "guidance_scale", "negative_prompt", "fps",
-         *MODES, "contact_sheet"),
+         "data_parallel_devices", *MODES, "contact_sheet"),
     "vidrd": tuple(f.name for f in dataclasses.fields(LongVideoConfig) if f.name not in _SHARED),
     "codenoise": tuple(f.name for f in dataclasses.fields(CoDenoiseConfig) if f.name not in _SHARED)
     + ("decode_frames",),
@@ -128,6 +128,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise UsageError(f"config.{e}") from None
     _check_number("guidance_scale", config.guidance_scale)
     _check_number("fps", config.fps, low_open=True)
+    devices = config.data_parallel_devices
+    if isinstance(devices, bool) or not isinstance(devices, int) or not (devices == -1 or devices >= 1):
+        raise UsageError(f"config.data_parallel_devices must be -1 (all devices) or an int >= 1, got {devices!r}")
     if not isinstance(config.negative_prompt, str):
         raise UsageError(f"config.negative_prompt must be a string, got {config.negative_prompt!r}")
     _check_number("codenoise.window_chunk_size", config.codenoise.window_chunk_size, integer=True)
@@ -139,6 +142,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             mode.build(config, ["-"])
         except ValueError as e:
             raise UsageError(f"config.{mode.name}: {e}") from None
+
+
+def data_parallel_mesh(config: ml_collections.ConfigDict, batch: int):
+    """The mesh whose ``data`` axis splits the batch of videos (``config.data_parallel_devices``: -1 = every device,
+    N = the first N), or None for one device; raises :class:`UsageError` when the batch does not split evenly."""
+    import jax
+
+    from vidrd_jax.parallel import create_mesh
+
+    available = jax.devices()
+    count = len(available) if config.data_parallel_devices == -1 else config.data_parallel_devices
+    if count > len(available):
+        raise UsageError(f"config.data_parallel_devices={count} but only {len(available)} devices are available")
+    if count == 1:
+        return None
+    if batch % count:
+        raise UsageError(f"config.data_parallel_devices: a batch of {batch} videos does not split over {count} "
+                         f"devices; give a multiple of {count} prompt lines (--batch_prompts_file)")
+    return create_mesh({"data": count}, devices=available[:count])
 
 
 def sampler_config(config: ml_collections.ConfigDict, prompts: Sequence[str]) -> LongVideoConfig | CoDenoiseConfig:

@@ -29,10 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vidrd_jax import checkpoints
 from vidrd_jax.diffusion import (ClassifierFreeGuidance, CoDenoiseConfig, LongVideoConfig, NoiseSchedule,
-                                 co_denoise_sample, generate_long_video)
+                                 co_denoise_sample, draw_noise, generate_long_video)
 from vidrd_jax.models import factory
 from vidrd_jax.models.text_encoder import CLIPTextConfig, CLIPTextModel
 from vidrd_jax.models.tokenizer import Tokenizer, load_tokenizer
@@ -215,17 +216,23 @@ class VideoPipeline:
     ``params`` = ``{"unet", "vae", "text_encoder"}`` and ``model_config`` as written by
     :func:`vidrd_jax.checkpoints.save_inference_checkpoint`; ``tokenizer`` defaults to
     ``load_tokenizer(model_config["tokenizer"])`` with a relative path taken from ``checkpoint_dir``.
-    ``progress=True`` shows tqdm bars over clips and denoising steps.
+    ``progress=True`` shows tqdm bars over clips and denoising steps. With ``mesh``, params are replicated over it
+    and a batch of videos (text embeddings, hence latents) is split over its ``data`` axis (data-parallel sampling).
     """
 
     def __init__(self, params: Mapping[str, Any], model_config: Mapping[str, Any], *,
-                 tokenizer: Tokenizer | None = None, checkpoint_dir: str | None = None, progress: bool = False):
+                 tokenizer: Tokenizer | None = None, checkpoint_dir: str | None = None, progress: bool = False,
+                 mesh: Mesh | None = None):
         missing = [k for k in MODEL_KINDS if k not in model_config]
         if missing:
             raise ValueError(f"model_config lacks {missing} (has {sorted(model_config)})")
         self.configs = {kind: factory.config_from_dict(kind, model_config[kind]) for kind in MODEL_KINDS}
         check_params(params, self.configs)
-        self.params = jax.device_put({kind: params[kind] for kind in MODEL_KINDS})
+        if mesh is not None and "data" not in mesh.shape:
+            raise ValueError(f"mesh: needs a 'data' axis, got axes {dict(mesh.shape)}")
+        self.mesh = mesh
+        replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+        self.params = jax.device_put({kind: params[kind] for kind in MODEL_KINDS}, replicated)
         self.schedule = resolve_schedule(model_config.get("scheduler"))
         if tokenizer is None:
             path = model_config.get("tokenizer")
@@ -239,10 +246,10 @@ class VideoPipeline:
         self.model_fn: Callable[..., jax.Array] = UNetDenoiser(self.configs["unet"], self.step_progress)
 
     @classmethod
-    def from_checkpoint(cls, directory: str, *, progress: bool = False) -> "VideoPipeline":
+    def from_checkpoint(cls, directory: str, *, progress: bool = False, mesh: Mesh | None = None) -> "VideoPipeline":
         """Loads an inference checkpoint directory (``vidrd_jax.convert``, ``make_tiny_checkpoint``, export)."""
         params, model_config = checkpoints.load_inference_checkpoint(directory)
-        return cls(params, model_config, checkpoint_dir=os.path.abspath(directory), progress=progress)
+        return cls(params, model_config, checkpoint_dir=os.path.abspath(directory), progress=progress, mesh=mesh)
 
     # --- geometry ---
     @property
@@ -317,6 +324,10 @@ class VideoPipeline:
     def eps_fn(self, guidance_scale: float) -> ClassifierFreeGuidance:
         return ClassifierFreeGuidance(self.model_fn, float(guidance_scale))
 
+    def _batch_sharding(self) -> NamedSharding | None:
+        """The batch axis split over the mesh's data axis (None without a mesh)."""
+        return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec("data"))
+
     def _conds(self, rows: list[tuple[str, ...]], negative_prompt: str) -> tuple[list[dict[str, jax.Array]], jax.Array]:
         """Per-prompt-slot conds ``[{"text": [B, 77, D]}] * P`` and the negative embedding ``[1, 77, D]``.
 
@@ -326,7 +337,14 @@ class VideoPipeline:
         embeddings = self.encode_prompts(unique)
         index = {p: i for i, p in enumerate(unique)}
         conds = [{"text": embeddings[np.asarray([index[row[k]] for row in rows])]} for k in range(len(rows[0]))]
-        return conds, embeddings[index[negative_prompt]][None]
+        negative = embeddings[index[negative_prompt]][None]
+        if self.mesh is None:
+            return conds, negative
+        data = self.mesh.shape["data"]
+        if len(rows) % data:
+            raise ValueError(f"prompts: a batch of {len(rows)} videos does not split over the mesh's data axis of "
+                             f"{data} devices; give a multiple of {data} videos (or a smaller mesh data axis)")
+        return jax.device_put(conds, self._batch_sharding()), jax.device_put(negative, NamedSharding(self.mesh, PartitionSpec()))
 
     # --- samplers ---
     def generate_long_video(self, config: LongVideoConfig, *, key: jax.Array, height: int, width: int,
@@ -346,7 +364,8 @@ class VideoPipeline:
         if self.step_progress is not None:
             self.step_progress.reset(config.num_steps)
         clips = generate_long_video(self.eps_fn(config.guidance_scale), self.schedule, sampler_config, conds,
-                                    shared_cond=shared, key=key, latent_shape=shape, progress=self.progress)
+                                    shared_cond=shared, key=key, latent_shape=shape, progress=self.progress,
+                                    batch_sharding=self._batch_sharding())
         drop = config.num_prompt_frames if config.output == "drop_prompt_frames" else 0
         try:
             while True:
@@ -382,14 +401,18 @@ class VideoPipeline:
         sampler_config = dataclasses.replace(config, prompts=rows[0])
         conds, negative = self._conds(rows, config.negative_prompt)
         shape = self.latent_shape(len(rows), config.num_frames, height, width)
-        b, _, h, w, c = shape
         if self.step_progress is not None:
             self.step_progress.reset(config.num_steps)
         try:
             start = time.perf_counter()
+            latents, step_noise = draw_noise(key, shape, sampler_config.sampler)
+            if self.mesh is not None:  # x_T [B, L, ...] and step noise [S, B, L, ...] split over the data axis
+                latents = jax.device_put(latents, self._batch_sharding())
+                if step_noise is not None:
+                    step_noise = jax.device_put(step_noise, NamedSharding(self.mesh, PartitionSpec(None, "data")))
             latents = co_denoise_sample(self.eps_fn(config.guidance_scale), self.schedule, sampler_config, conds,
-                                        shared_cond={"params": self.params["unet"], "negative": negative}, key=key,
-                                        batch_and_latent_shape=(b, h, w, c))
+                                        shared_cond={"params": self.params["unet"], "negative": negative},
+                                        latents=latents, step_noise=step_noise)
             latents = jax.block_until_ready(latents)
             sample_seconds = time.perf_counter() - start
         finally:

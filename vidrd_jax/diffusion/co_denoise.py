@@ -136,26 +136,33 @@ class _WindowPlan:
                    tuple(tuple(float(w) for w in row) for row in weights))
 
 
-@functools.partial(jax.jit, static_argnames=("eps_fn", "schedule", "plan"))
+def _pad_windows(plan: _WindowPlan, multiple: int) -> _WindowPlan:
+    """Pads the plan with weight-0 windows to a multiple of ``multiple`` windows (padding adds nothing to eq. 19)."""
+    pad = -len(plan.starts) % multiple
+    return dataclasses.replace(plan, starts=plan.starts + (plan.starts[-1],) * pad, prompts=plan.prompts + (0,) * pad,
+                               weights=plan.weights + ((0.0,) * plan.window_size,) * pad)
+
+
+@functools.partial(jax.jit, static_argnames=("eps_fn", "schedule", "plan", "window_mesh", "window_axis"))
 def _co_denoise(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _WindowPlan, conds: Any,
-                shared_cond: Mapping[str, Any] | None, latents: jax.Array, step_noise: jax.Array | None) -> jax.Array:
+                shared_cond: Mapping[str, Any] | None, latents: jax.Array, step_noise: jax.Array | None,
+                window_mesh: jax.sharding.Mesh | None = None, window_axis: str | None = None) -> jax.Array:
     k, chunk = plan.window_size, plan.chunk_size
     starts = np.asarray(plan.starts, np.int32)
-    num_chunks = len(starts) // chunk
-    frame_index = (starts[:, None] + np.arange(k)[None, :]).reshape(-1)  # [Wp·K]
-    weights = jnp.asarray(np.asarray(plan.weights, np.float32))[None, :, :, None, None, None]  # [1, Wp, K, 1, 1, 1]
     solver = plan.sampler.make_solver()
     tables = jax.tree.map(jnp.asarray, solver.tables(schedule, plan.sampler.num_steps))
 
-    def fuse(x: jax.Array, windows: jax.Array) -> jax.Array:
-        """[chunks, chunk, B, K, h, w, C] window results -> [B, L, h, w, C], the weighted mean of eq. 19."""
-        windows = jnp.moveaxis(windows.reshape((-1,) + windows.shape[2:]), 0, 1)  # [B, Wp, K, h, w, C]
-        contributions = (windows * weights).reshape((x.shape[0], -1) + x.shape[2:])
-        return jnp.zeros_like(x).at[:, frame_index].add(contributions.astype(x.dtype))
+    def predict_and_fuse(x, state, row, noise, conds, shared_cond, starts, prompts, weights):
+        """Steps the windows ``starts``/``prompts`` (a multiple of ``chunk``) from (x, state) and returns their
+        weighted sum into [B, L, h, w, C] (eq. 19; partial when the windows are one device's share)."""
+        frame_index = (starts[:, None] + jnp.arange(k)[None, :]).reshape(-1)  # [W·K]
+        weights = weights[None, :, :, None, None, None]  # [1, W, K, 1, 1, 1]
 
-    def body(carry, xs):
-        x, state = carry
-        row, noise = xs
+        def fuse(x: jax.Array, windows: jax.Array) -> jax.Array:
+            """[chunks, chunk, B, K, h, w, C] window results -> [B, L, h, w, C], the weighted sum of eq. 19."""
+            windows = jnp.moveaxis(windows.reshape((-1,) + windows.shape[2:]), 0, 1)  # [B, W, K, h, w, C]
+            contributions = (windows * weights).reshape((x.shape[0], -1) + x.shape[2:])
+            return jnp.zeros_like(x).at[:, frame_index].add(contributions.astype(x.dtype))
 
         def window_step(start, prompt):
             def window(a: jax.Array) -> jax.Array:
@@ -169,9 +176,22 @@ def _co_denoise(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _WindowPlan, conds
             return solver.step(schedule, row, jax.tree.map(window, state), z, eps_fn(z, row.timesteps, cond),
                                window_noise)
 
-        per_chunk = (starts.reshape(num_chunks, chunk), np.asarray(plan.prompts, np.int32).reshape(num_chunks, chunk))
+        per_chunk = (starts.reshape(-1, chunk), prompts.reshape(-1, chunk))
         windows, window_states = jax.lax.map(lambda args: jax.vmap(window_step)(*args), per_chunk)
-        return (fuse(x, windows), jax.tree.map(fuse, state, window_states)), None
+        fused = (fuse(x, windows), jax.tree.map(fuse, state, window_states))
+        return fused if window_mesh is None else jax.lax.psum(fused, window_axis)
+
+    if window_mesh is not None:  # each device steps its share of the windows; psum completes eq. 19
+        windowed, replicated = jax.sharding.PartitionSpec(window_axis), jax.sharding.PartitionSpec()
+        predict_and_fuse = jax.shard_map(predict_and_fuse, mesh=window_mesh, out_specs=replicated,
+                                         in_specs=(replicated,) * 6 + (windowed,) * 3)
+    window_tables = (jnp.asarray(starts), jnp.asarray(plan.prompts, jnp.int32),
+                     jnp.asarray(np.asarray(plan.weights, np.float32)))
+
+    def body(carry, xs):
+        x, state = carry
+        row, noise = xs
+        return predict_and_fuse(x, state, row, noise, conds, shared_cond, *window_tables), None
 
     (latents, _), _ = jax.lax.scan(body, (latents, solver.init_state(latents)), (tables, step_noise))
     return latents
@@ -180,8 +200,12 @@ def _co_denoise(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _WindowPlan, conds
 def co_denoise_sample(eps_fn: EpsFn, schedule: NoiseSchedule, config: CoDenoiseConfig, conds: Sequence[Any], *,
                       shared_cond: Mapping[str, Any] | None = None, latents: jax.Array | None = None,
                       step_noise: jax.Array | None = None,
-                      key: jax.Array | None = None, batch_and_latent_shape: Sequence[int] | None = None) -> jax.Array:
+                      key: jax.Array | None = None, batch_and_latent_shape: Sequence[int] | None = None,
+                      window_mesh: jax.sharding.Mesh | None = None, window_axis: str = "data") -> jax.Array:
     """Samples an L-frame video by co-denoising K-frame windows; returns latents [B, L, h, w, C].
+
+    With ``window_mesh``, each step's windows are split over its ``window_axis`` under ``shard_map`` (padded with
+    weight-0 windows to a multiple of chunk x devices) and the eq. 19 sums are completed with a ``psum``.
 
     ``conds[p]`` is the denoiser cond of ``config.prompts[p]`` (all with the same structure and shapes; they are
     stacked and gathered per window). Entries common to all prompts (model params, the negative embedding) go in
@@ -207,4 +231,9 @@ def co_denoise_sample(eps_fn: EpsFn, schedule: NoiseSchedule, config: CoDenoiseC
         raise ValueError(f"latents must be [B, num_frames={config.num_frames}, h, w, C], got {latents.shape}")
     check_step_noise(step_noise, tuple(latents.shape), config.sampler)
     stacked = jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves]), *conds)
-    return _co_denoise(eps_fn, schedule, _WindowPlan.from_config(config), stacked, shared_cond, latents, step_noise)
+    plan = _WindowPlan.from_config(config)
+    if window_mesh is not None:
+        if window_axis not in window_mesh.shape:
+            raise ValueError(f"window_axis={window_axis!r} is not an axis of window_mesh {dict(window_mesh.shape)}")
+        plan = _pad_windows(plan, plan.chunk_size * window_mesh.shape[window_axis])
+    return _co_denoise(eps_fn, schedule, plan, stacked, shared_cond, latents, step_noise, window_mesh, window_axis)

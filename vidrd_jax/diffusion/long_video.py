@@ -228,7 +228,8 @@ def sample_clip(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVideoConfig,
 def generate_long_video(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVideoConfig, conds: Sequence[Any], *,
                         shared_cond: Mapping[str, Any] | None = None, key: jax.Array | None = None,
                         latent_shape: Sequence[int] | None = None, noise: Sequence[jax.Array] | None = None,
-                        step_noise: Sequence[jax.Array] | None = None, progress: bool = True) -> Iterator[ClipOutput]:
+                        step_noise: Sequence[jax.Array] | None = None, progress: bool = True,
+                        batch_sharding: jax.sharding.NamedSharding | None = None) -> Iterator[ClipOutput]:
     """Yields ``config.num_clips`` clips of latents, one jitted call each (Algorithm 1).
 
     ``conds[k]`` is the denoiser cond for ``config.prompts[k]`` (same length; clip i uses
@@ -236,7 +237,8 @@ def generate_long_video(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVide
     and the negative embedding) is given). Randomness: either ``key`` with ``latent_shape`` [B, N, h, w, C] (clip i
     draws from ``fold_in(key, i)``), or explicit arrays: ``noise[i]`` [B, N, h, w, C] (clip 0: z_T; later clips: PNS
     eps) and, iff eta > 0, ``step_noise[i]`` [S, B, N, h, w, C]. Clip i >= 1 drops its first M frames when
-    ``config.output == "drop_prompt_frames"``.
+    ``config.output == "drop_prompt_frames"``. ``batch_sharding`` (a ``NamedSharding`` of the batch axis) places each
+    clip's noise with it, so the jitted clips run data-parallel and return batch-sharded latents.
     """
     conds = list(conds)
     if len(conds) != len(config.prompts):
@@ -264,6 +266,11 @@ def generate_long_video(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVide
             if key is not None else (None, None)
         clip_noise = noise[i] if noise is not None else drawn_noise
         clip_step_noise = step_noise[i] if step_noise is not None else drawn_step_noise
+        if batch_sharding is not None:
+            clip_noise = jax.device_put(clip_noise, batch_sharding)
+            if clip_step_noise is not None:  # [S, B, ...]: the batch is axis 1
+                step_spec = jax.sharding.PartitionSpec(None, *batch_sharding.spec)
+                clip_step_noise = jax.device_put(clip_step_noise, batch_sharding.update(spec=step_spec))
         cond = conds[config.prompt_index(i)]
         if shared_cond is not None:
             cond = {**shared_cond, **cond}
