@@ -257,7 +257,8 @@ def test_batch_file_one_video_per_line_and_one_trace_for_1_or_6_clips(checkpoint
     assert generate.main(argv(checkpoint, out, "--batch_prompts_file", str(prompts), "--num_clips", "6",
                               "--config.data_parallel_devices=2", prompts=())) == 0
     for b in range(2):
-        parallel, single = (media.read_video(tmp_path / f"{name}_{b}.mp4").astype(float) for name in ("parallel", "batch6"))
+        parallel, single = (media.read_video(tmp_path / f"{name}_{b}.mp4").astype(float)
+                            for name in ("parallel", "batch6"))
         assert parallel.shape == single.shape and np.abs(parallel - single).mean() < 0.5
 
 

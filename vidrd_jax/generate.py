@@ -44,8 +44,9 @@ import ml_collections
 
 from vidrd_jax import cli
 from vidrd_jax.cli import UsageError
-from vidrd_jax.generate_config import (MODES, PROMPT_SEPARATOR, check_prompt_count, co_denoise_config, data_parallel_mesh,
-                                       long_video_config, read_prompts, sampler_config, validate_config)
+from vidrd_jax.generate_config import (MODES, PROMPT_SEPARATOR, check_prompt_count, co_denoise_config,
+                                       data_parallel_mesh, long_video_config, read_prompts, sampler_config,
+                                       validate_config)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "generate_default.py"
 __all__ = ["PROMPT_SEPARATOR", "UsageError", "co_denoise_config", "long_video_config", "main", "run",

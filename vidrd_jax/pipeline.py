@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vidrd_jax import checkpoints
 from vidrd_jax.diffusion import (ClassifierFreeGuidance, CoDenoiseConfig, LongVideoConfig, NoiseSchedule,
-                                 co_denoise_sample, draw_noise, generate_long_video)
+                                 co_denoise_sample, generate_long_video)
 from vidrd_jax.models import factory
 from vidrd_jax.models.text_encoder import CLIPTextConfig, CLIPTextModel
 from vidrd_jax.models.tokenizer import Tokenizer, load_tokenizer
@@ -231,8 +231,8 @@ class VideoPipeline:
         if mesh is not None and "data" not in mesh.shape:
             raise ValueError(f"mesh: needs a 'data' axis, got axes {dict(mesh.shape)}")
         self.mesh = mesh
-        replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
-        self.params = jax.device_put({kind: params[kind] for kind in MODEL_KINDS}, replicated)
+        self._replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+        self.params = jax.device_put({kind: params[kind] for kind in MODEL_KINDS}, self._replicated)
         self.schedule = resolve_schedule(model_config.get("scheduler"))
         if tokenizer is None:
             path = model_config.get("tokenizer")
@@ -344,7 +344,7 @@ class VideoPipeline:
         if len(rows) % data:
             raise ValueError(f"prompts: a batch of {len(rows)} videos does not split over the mesh's data axis of "
                              f"{data} devices; give a multiple of {data} videos (or a smaller mesh data axis)")
-        return jax.device_put(conds, self._batch_sharding()), jax.device_put(negative, NamedSharding(self.mesh, PartitionSpec()))
+        return jax.device_put(conds, self._batch_sharding()), jax.device_put(negative, self._replicated)
 
     # --- samplers ---
     def generate_long_video(self, config: LongVideoConfig, *, key: jax.Array, height: int, width: int,
@@ -400,19 +400,14 @@ class VideoPipeline:
         rows = _batch_prompts(prompts, config.prompts)
         sampler_config = dataclasses.replace(config, prompts=rows[0])
         conds, negative = self._conds(rows, config.negative_prompt)
-        shape = self.latent_shape(len(rows), config.num_frames, height, width)
+        b, _, h, w, c = self.latent_shape(len(rows), config.num_frames, height, width)
         if self.step_progress is not None:
             self.step_progress.reset(config.num_steps)
         try:
             start = time.perf_counter()
-            latents, step_noise = draw_noise(key, shape, sampler_config.sampler)
-            if self.mesh is not None:  # x_T [B, L, ...] and step noise [S, B, L, ...] split over the data axis
-                latents = jax.device_put(latents, self._batch_sharding())
-                if step_noise is not None:
-                    step_noise = jax.device_put(step_noise, NamedSharding(self.mesh, PartitionSpec(None, "data")))
             latents = co_denoise_sample(self.eps_fn(config.guidance_scale), self.schedule, sampler_config, conds,
-                                        shared_cond={"params": self.params["unet"], "negative": negative},
-                                        latents=latents, step_noise=step_noise)
+                                        shared_cond={"params": self.params["unet"], "negative": negative}, key=key,
+                                        batch_and_latent_shape=(b, h, w, c), batch_sharding=self._batch_sharding())
             latents = jax.block_until_ready(latents)
             sample_seconds = time.perf_counter() - start
         finally:

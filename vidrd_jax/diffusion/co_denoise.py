@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, draw_noise
+from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, draw_noise, place_noise
 from vidrd_jax.diffusion.guidance import check_guidance_fields, normalize_prompts
 from vidrd_jax.diffusion.schedule import NoiseSchedule, check_int
 from vidrd_jax.diffusion.solvers import SamplerConfig
@@ -201,11 +201,13 @@ def co_denoise_sample(eps_fn: EpsFn, schedule: NoiseSchedule, config: CoDenoiseC
                       shared_cond: Mapping[str, Any] | None = None, latents: jax.Array | None = None,
                       step_noise: jax.Array | None = None,
                       key: jax.Array | None = None, batch_and_latent_shape: Sequence[int] | None = None,
-                      window_mesh: jax.sharding.Mesh | None = None, window_axis: str = "data") -> jax.Array:
+                      window_mesh: jax.sharding.Mesh | None = None, window_axis: str = "data",
+                      batch_sharding: jax.sharding.NamedSharding | None = None) -> jax.Array:
     """Samples an L-frame video by co-denoising K-frame windows; returns latents [B, L, h, w, C].
 
     With ``window_mesh``, each step's windows are split over its ``window_axis`` under ``shard_map`` (padded with
-    weight-0 windows to a multiple of chunk x devices) and the eq. 19 sums are completed with a ``psum``.
+    weight-0 windows to a multiple of chunk x devices) and the eq. 19 sums are completed with a ``psum``. With
+    ``batch_sharding`` (a sharding of the batch axis), x_T and the step noise are placed with it (data-parallel).
 
     ``conds[p]`` is the denoiser cond of ``config.prompts[p]`` (all with the same structure and shapes; they are
     stacked and gathered per window). Entries common to all prompts (model params, the negative embedding) go in
@@ -230,6 +232,7 @@ def co_denoise_sample(eps_fn: EpsFn, schedule: NoiseSchedule, config: CoDenoiseC
     if latents.ndim != 5 or latents.shape[1] != config.num_frames:
         raise ValueError(f"latents must be [B, num_frames={config.num_frames}, h, w, C], got {latents.shape}")
     check_step_noise(step_noise, tuple(latents.shape), config.sampler)
+    latents, step_noise = place_noise(latents, step_noise, batch_sharding)
     stacked = jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(leaf) for leaf in leaves]), *conds)
     plan = _WindowPlan.from_config(config)
     if window_mesh is not None:

@@ -97,6 +97,19 @@ def draw_noise(key: jax.Array, shape: tuple[int, ...], config: SamplerConfig,
     return latents, step_noise
 
 
+def place_noise(noise: Any, step_noise: Any, batch_sharding: jax.sharding.NamedSharding | None) -> tuple[Any, Any]:
+    """``noise`` [B, ...] placed with ``batch_sharding`` (a sharding of the batch axis) and ``step_noise``
+    [S, B, ...] with the same split of its second axis, so a jitted sampler runs data-parallel; unchanged (and not
+    copied) without a sharding."""
+    if batch_sharding is None:
+        return noise, step_noise
+    noise = jax.device_put(noise, batch_sharding)
+    if step_noise is not None:
+        step_spec = jax.sharding.PartitionSpec(None, *batch_sharding.spec)
+        step_noise = jax.device_put(step_noise, batch_sharding.update(spec=step_spec))
+    return noise, step_noise
+
+
 def check_step_noise(step_noise: Any, shape: tuple[int, ...], config: SamplerConfig, name: str = "step_noise") -> None:
     """Raises unless ``step_noise`` is ``[num_steps, *shape]`` when eta > 0 and None when eta == 0."""
     if config.eta > 0:

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, draw_noise
+from vidrd_jax.diffusion.ddim import EpsFn, check_step_noise, draw_noise, place_noise
 from vidrd_jax.diffusion.guidance import check_guidance_fields, normalize_prompts
 from vidrd_jax.diffusion.schedule import NoiseSchedule, check_int
 from vidrd_jax.diffusion.solvers import SamplerConfig
@@ -266,11 +266,7 @@ def generate_long_video(eps_fn: EpsFn, schedule: NoiseSchedule, config: LongVide
             if key is not None else (None, None)
         clip_noise = noise[i] if noise is not None else drawn_noise
         clip_step_noise = step_noise[i] if step_noise is not None else drawn_step_noise
-        if batch_sharding is not None:
-            clip_noise = jax.device_put(clip_noise, batch_sharding)
-            if clip_step_noise is not None:  # [S, B, ...]: the batch is axis 1
-                step_spec = jax.sharding.PartitionSpec(None, *batch_sharding.spec)
-                clip_step_noise = jax.device_put(clip_step_noise, batch_sharding.update(spec=step_spec))
+        clip_noise, clip_step_noise = place_noise(clip_noise, clip_step_noise, batch_sharding)
         cond = conds[config.prompt_index(i)]
         if shared_cond is not None:
             cond = {**shared_cond, **cond}
