@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.codenoise.gaussian_sigma = 0.25  # "gaussian" weights' std, as a fraction of window_size
     c.codenoise.window_chunk_size = 0  # windows per vmap call (0: all at once; smaller bounds memory)
     c.codenoise.decode_frames = 8  # frames per temporal-decoder call (the last call takes the remainder)
+    c.codenoise.split_windows = False  # data_parallel_devices > 1: split each step's windows, not the batch
 
     c.contact_sheet = ml_collections.ConfigDict()
     c.contact_sheet.max_frames = 32  # frames on the PNG contact sheet, evenly spaced over the video

@@ -406,3 +406,21 @@ def test_long_prompts_warn_once_naming_the_prompt_and_its_length(checkpoint, cap
     warnings = [r.getMessage() for r in caplog.records if "tokens long" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert repr(long_prompt) in warnings[0] and "is 102 tokens long" in warnings[0] and "first 77" in warnings[0]
+
+
+def test_split_windows_takes_any_batch_on_many_devices():
+    """``codenoise.split_windows`` splits co-denoising's windows over the devices, so one video may use them all;
+    VidRD mode (clip by clip, no windows) still needs a batch that splits."""
+    from vidrd_jax.generate_config import UsageError, data_parallel_mesh, validate_config
+
+    config = load_config(CONFIG)
+    config.update(mode="codenoise", data_parallel_devices=4)
+    config.codenoise.split_windows = True
+    validate_config(config)
+    assert data_parallel_mesh(config, 1).shape["data"] == 4
+    config.mode = "vidrd"
+    with pytest.raises(UsageError, match="a batch of 1 videos does not split over 4"):
+        data_parallel_mesh(config, 1)
+    config.codenoise.split_windows = None
+    with pytest.raises(UsageError, match="config.codenoise.split_windows must be True or False"):
+        validate_config(config)

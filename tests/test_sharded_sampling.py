@@ -101,6 +101,25 @@ def test_pipeline_batch_over_data_equals_single_device(checkpoint, mode, monkeyp
         assert_close(got, want, ops=2 * 400)
 
 
+def test_pipeline_windows_over_data_equal_single_device(checkpoint, monkeypatch):
+    """One long video (a batch of 1 does not split over 8 devices) on 8 devices: each step's 7 windows (padded to 8)
+    are split over the devices and eq. 19's sums gathered with a psum."""
+    cfg = CoDenoiseConfig(prompts=("x", "y"), num_frames=16, window_size=4, stride=2, num_steps=2, guidance_scale=3.0)
+    rows = [["a red ball", "a blue ball"]]
+
+    def sample(pipe, **kw):
+        seen = []
+        monkeypatch.setattr(pipe, "decode_clip", lambda latents, num_frames=None: seen.append(latents) or np.zeros(1))
+        list(pipe.co_denoise(cfg, key=jax.random.key(4), height=16, width=16, prompts=rows, decode_frames=16, **kw))
+        return seen[0]
+
+    single = sample(VideoPipeline.from_checkpoint(checkpoint))
+    split = sample(VideoPipeline.from_checkpoint(checkpoint, mesh=create_mesh({"data": -1})), split_windows=True)
+    assert split.shape == single.shape == (1, 16, 8, 8, 4)
+    assert_close(split, single, ops=2 * (400 + MERGE_OPS))
+    assert not np.allclose(single[:, :4], single[:, -4:], atol=1e-2)
+
+
 def test_bad_mesh_and_indivisible_batch_name_the_field(checkpoint):
     with pytest.raises(ValueError, match="mesh: needs a 'data' axis"):
         VideoPipeline.from_checkpoint(checkpoint, mesh=jax.sharding.Mesh(np.asarray(jax.devices()), ("model",)))

@@ -80,7 +80,8 @@ MODES = {
     "codenoise": Mode(
         "codenoise", co_denoise_config, "num_frames", _codenoise_prompt_problem,
         lambda pipe, sampler, config, key, rows, **size: pipe.co_denoise(
-            sampler, key=key, prompts=rows, decode_frames=config.codenoise.decode_frames, **size),
+            sampler, key=key, prompts=rows, decode_frames=config.codenoise.decode_frames,
+            split_windows=config.codenoise.split_windows, **size),
         "decode_chunks",
         lambda sampler: {"windows": {"num_windows": sampler.num_windows,
                                      "window_prompts": list(sampler.window_prompts())}}),
@@ -90,7 +91,7 @@ CONFIG_FIELDS = {
          "data_parallel_devices", *MODES, "contact_sheet"),
     "vidrd": tuple(f.name for f in dataclasses.fields(LongVideoConfig) if f.name not in _SHARED),
     "codenoise": tuple(f.name for f in dataclasses.fields(CoDenoiseConfig) if f.name not in _SHARED)
-    + ("decode_frames",),
+    + ("decode_frames", "split_windows"),
     "contact_sheet": ("max_frames", "columns"),
 }
 
@@ -135,6 +136,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise UsageError(f"config.negative_prompt must be a string, got {config.negative_prompt!r}")
     _check_number("codenoise.window_chunk_size", config.codenoise.window_chunk_size, integer=True)
     _check_number("codenoise.decode_frames", config.codenoise.decode_frames, integer=True, low=1)
+    if not isinstance(config.codenoise.split_windows, bool):
+        raise UsageError(f"config.codenoise.split_windows must be True or False, got "
+                         f"{config.codenoise.split_windows!r}")
     _check_number("contact_sheet.max_frames", config.contact_sheet.max_frames, integer=True, low=1)
     _check_number("contact_sheet.columns", config.contact_sheet.columns, integer=True, low=1)
     for mode in MODES.values():
@@ -146,7 +150,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def data_parallel_mesh(config: ml_collections.ConfigDict, batch: int):
     """The mesh whose ``data`` axis splits the batch of videos (``config.data_parallel_devices``: -1 = every device,
-    N = the first N), or None for one device; raises :class:`UsageError` when the batch does not split evenly."""
+    N = the first N), or None for one device; raises :class:`UsageError` when the batch does not split evenly
+    (unless ``config.codenoise.split_windows`` splits co-denoising's windows instead)."""
     import jax
 
     from vidrd_jax.parallel import create_mesh
@@ -157,7 +162,7 @@ def data_parallel_mesh(config: ml_collections.ConfigDict, batch: int):
         raise UsageError(f"config.data_parallel_devices={count} but only {len(available)} devices are available")
     if count == 1:
         return None
-    if batch % count:
+    if batch % count and not (config.mode == "codenoise" and config.codenoise.split_windows):
         raise UsageError(f"config.data_parallel_devices: a batch of {batch} videos does not split over {count} "
                          f"devices; give a multiple of {count} prompt lines (--batch_prompts_file)")
     return create_mesh({"data": count}, devices=available[:count])

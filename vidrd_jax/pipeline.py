@@ -328,10 +328,12 @@ class VideoPipeline:
         """The batch axis split over the mesh's data axis (None without a mesh)."""
         return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec("data"))
 
-    def _conds(self, rows: list[tuple[str, ...]], negative_prompt: str) -> tuple[list[dict[str, jax.Array]], jax.Array]:
+    def _conds(self, rows: list[tuple[str, ...]], negative_prompt: str, split_batch: bool = True
+               ) -> tuple[list[dict[str, jax.Array]], jax.Array]:
         """Per-prompt-slot conds ``[{"text": [B, 77, D]}] * P`` and the negative embedding ``[1, 77, D]``.
 
-        Every distinct prompt is encoded once, in one text-encoder call together with the negative prompt.
+        Every distinct prompt is encoded once, in one text-encoder call together with the negative prompt. With a
+        mesh, the conds are split over its data axis (``split_batch``) or replicated.
         """
         unique = list(dict.fromkeys([p for row in rows for p in row] + [negative_prompt]))
         embeddings = self.encode_prompts(unique)
@@ -340,6 +342,8 @@ class VideoPipeline:
         negative = embeddings[index[negative_prompt]][None]
         if self.mesh is None:
             return conds, negative
+        if not split_batch:
+            return jax.device_put(conds, self._replicated), jax.device_put(negative, self._replicated)
         data = self.mesh.shape["data"]
         if len(rows) % data:
             raise ValueError(f"prompts: a batch of {len(rows)} videos does not split over the mesh's data axis of "
@@ -386,28 +390,33 @@ class VideoPipeline:
                 self.step_progress.close()
 
     def co_denoise(self, config: CoDenoiseConfig, *, key: jax.Array, height: int, width: int,
-                   prompts: Sequence[Sequence[str]] | None = None, decode_frames: int | None = None
-                   ) -> Iterator[VideoChunk]:
+                   prompts: Sequence[Sequence[str]] | None = None, decode_frames: int | None = None,
+                   split_windows: bool = False) -> Iterator[VideoChunk]:
         """Co-denoising (eq. 18-19): samples all L frames in one call, then yields them ``decode_frames`` at a time.
 
         ``prompts[b]`` are video b's per-window prompts (at most ``num_windows``, spread by
         ``CoDenoiseConfig.window_prompts``); ``decode_frames`` (default ``window_size``) is the temporal decoder's
-        clip length; the last chunk holds the remaining ``L mod decode_frames`` frames.
+        clip length; the last chunk holds the remaining ``L mod decode_frames`` frames. With a mesh, the batch of
+        videos is split over its data axis, or with ``split_windows`` each denoising step's windows are (any batch
+        size, e.g. one long video on every device).
         """
         decode_frames = config.window_size if decode_frames is None else decode_frames
         if isinstance(decode_frames, bool) or not isinstance(decode_frames, int) or decode_frames < 1:
             raise ValueError(f"decode_frames must be a positive int, got {decode_frames!r}")
         rows = _batch_prompts(prompts, config.prompts)
         sampler_config = dataclasses.replace(config, prompts=rows[0])
-        conds, negative = self._conds(rows, config.negative_prompt)
+        split_windows = split_windows and self.mesh is not None
+        conds, negative = self._conds(rows, config.negative_prompt, split_batch=not split_windows)
         b, _, h, w, c = self.latent_shape(len(rows), config.num_frames, height, width)
+        parallel = (dict(window_mesh=self.mesh, window_axis="data") if split_windows
+                    else dict(batch_sharding=self._batch_sharding()))
         if self.step_progress is not None:
             self.step_progress.reset(config.num_steps)
         try:
             start = time.perf_counter()
             latents = co_denoise_sample(self.eps_fn(config.guidance_scale), self.schedule, sampler_config, conds,
                                         shared_cond={"params": self.params["unet"], "negative": negative}, key=key,
-                                        batch_and_latent_shape=(b, h, w, c), batch_sharding=self._batch_sharding())
+                                        batch_and_latent_shape=(b, h, w, c), **parallel)
             latents = jax.block_until_ready(latents)
             sample_seconds = time.perf_counter() - start
         finally:

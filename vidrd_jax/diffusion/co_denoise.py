@@ -108,38 +108,43 @@ class CoDenoiseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class _WindowPlan:
-    """Static per-window tables, padded to a multiple of the chunk size (padding windows have weight 0)."""
+    """Static per-window tables, padded to a multiple of the chunk size (padding windows have weight 0 and cover
+    zero frames past the video's end)."""
 
     sampler: SamplerConfig
-    window_size: int
+    window_size: int  # K
+    stride: int  # S
     chunk_size: int
-    starts: tuple[int, ...]  # [Wp]
     prompts: tuple[int, ...]  # [Wp]
     weights: tuple[tuple[float, ...], ...]  # [Wp][K], normalised so every frame's weights sum to 1
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        """First frame of every (padded) window, eq. 18."""
+        return tuple(i * self.stride for i in range(len(self.prompts)))
+
+    @property
+    def padded_frames(self) -> int:
+        """Frames the padded windows cover (>= L)."""
+        return self.starts[-1] + self.window_size
 
     @classmethod
     def from_config(cls, config: CoDenoiseConfig) -> "_WindowPlan":
         num_windows, k = config.num_windows, config.window_size
         chunk = min(config.window_chunk_size or num_windows, num_windows)
-        padded = -(-num_windows // chunk) * chunk
-        starts = np.arange(num_windows) * config.stride
-        frame_index = starts[:, None] + np.arange(k)[None, :]
+        frame_index = (np.arange(num_windows) * config.stride)[:, None] + np.arange(k)[None, :]
         weights = np.broadcast_to(config.window_weights(), (num_windows, k))
         totals = np.zeros(config.num_frames)
         np.add.at(totals, frame_index, weights)
-        weights = weights / totals[frame_index]
-        pad = padded - num_windows
-        starts = np.concatenate([starts, np.full(pad, starts[-1])])
-        prompts = np.concatenate([np.asarray(config.window_prompts()), np.zeros(pad, np.int64)])
-        weights = np.concatenate([weights, np.zeros((pad, k))])
-        return cls(config.sampler, k, chunk, tuple(int(s) for s in starts), tuple(int(p) for p in prompts),
-                   tuple(tuple(float(w) for w in row) for row in weights))
+        plan = cls(config.sampler, k, config.stride, chunk, config.window_prompts(),
+                   tuple(tuple(float(w) for w in row) for row in weights / totals[frame_index]))
+        return _pad_windows(plan, chunk)
 
 
 def _pad_windows(plan: _WindowPlan, multiple: int) -> _WindowPlan:
     """Pads the plan with weight-0 windows to a multiple of ``multiple`` windows (padding adds nothing to eq. 19)."""
-    pad = -len(plan.starts) % multiple
-    return dataclasses.replace(plan, starts=plan.starts + (plan.starts[-1],) * pad, prompts=plan.prompts + (0,) * pad,
+    pad = -len(plan.prompts) % multiple
+    return dataclasses.replace(plan, prompts=plan.prompts + (0,) * pad,
                                weights=plan.weights + ((0.0,) * plan.window_size,) * pad)
 
 
@@ -147,36 +152,44 @@ def _pad_windows(plan: _WindowPlan, multiple: int) -> _WindowPlan:
 def _co_denoise(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _WindowPlan, conds: Any,
                 shared_cond: Mapping[str, Any] | None, latents: jax.Array, step_noise: jax.Array | None,
                 window_mesh: jax.sharding.Mesh | None = None, window_axis: str | None = None) -> jax.Array:
-    k, chunk = plan.window_size, plan.chunk_size
-    starts = np.asarray(plan.starts, np.int32)
+    k, stride, chunk = plan.window_size, plan.stride, plan.chunk_size
     solver = plan.sampler.make_solver()
     tables = jax.tree.map(jnp.asarray, solver.tables(schedule, plan.sampler.num_steps))
 
-    def predict_and_fuse(x, state, row, noise, conds, shared_cond, starts, prompts, weights):
-        """Steps the windows ``starts``/``prompts`` (a multiple of ``chunk``) from (x, state) and returns their
-        weighted sum into [B, L, h, w, C] (eq. 19; partial when the windows are one device's share)."""
-        frame_index = (starts[:, None] + jnp.arange(k)[None, :]).reshape(-1)  # [W·K]
-        weights = weights[None, :, :, None, None, None]  # [1, W, K, 1, 1, 1]
+    def predict_and_fuse(x, state, row, noise, conds, shared_cond, prompts, weights):
+        """Steps the windows ``prompts``/``weights`` (a multiple of ``chunk``; with a mesh, this device's share, which
+        are consecutive) from (x, state) and returns their weighted sum into [B, L', h, w, C] (eq. 19; partial on a
+        device). Windows are static slices of one contiguous segment, and the fusion is their transpose (pads and
+        adds): no gather or scatter."""
+        count = prompts.shape[0]
+        first = 0 if window_mesh is None else jax.lax.axis_index(window_axis) * (count * stride)
+        length = (count - 1) * stride + k  # frames this call's windows cover, from ``first``
 
-        def fuse(x: jax.Array, windows: jax.Array) -> jax.Array:
-            """[chunks, chunk, B, K, h, w, C] window results -> [B, L, h, w, C], the weighted sum of eq. 19."""
-            windows = jnp.moveaxis(windows.reshape((-1,) + windows.shape[2:]), 0, 1)  # [B, W, K, h, w, C]
-            contributions = (windows * weights).reshape((x.shape[0], -1) + x.shape[2:])
-            return jnp.zeros_like(x).at[:, frame_index].add(contributions.astype(x.dtype))
+        def segment_windows(segment: jax.Array) -> jax.Array:  # [B, length, ...] -> [chunks, chunk, B, K, ...]
+            windows = jnp.stack([segment[:, i * stride:i * stride + k] for i in range(count)])
+            return windows.reshape((count // chunk, chunk) + windows.shape[1:])
 
-        def window_step(start, prompt):
-            def window(a: jax.Array) -> jax.Array:
-                return jax.lax.dynamic_slice_in_dim(a, start, k, axis=1)
+        def segment_of(a: jax.Array) -> jax.Array:  # varies over the window axis under shard_map
+            return jax.lax.dynamic_slice_in_dim(a, first, length, axis=1)
 
-            z = window(x)
+        def windows_of(a: jax.Array) -> jax.Array:
+            """[B, L', h, w, C] -> this call's [chunks, chunk, B, K, h, w, C] windows."""
+            return segment_windows(segment_of(a))
+
+        def fuse(a: jax.Array, windows: jax.Array) -> jax.Array:
+            """The weighted sum of eq. 19 over the [chunks, chunk, B, K, h, w, C] window results."""
+            weighted = windows * weights.reshape((count // chunk, chunk, 1, k) + (1,) * (windows.ndim - 4))
+            segment = jax.linear_transpose(segment_windows, segment_of(a))(weighted.astype(a.dtype))[0]
+            return jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(a), segment, first, axis=1)
+
+        def window_step(z, window_noise, window_state, prompt):
             cond = jax.tree.map(lambda c: c[prompt], conds)
             if shared_cond is not None:
                 cond = {**shared_cond, **cond}
-            window_noise = None if noise is None else window(noise)
-            return solver.step(schedule, row, jax.tree.map(window, state), z, eps_fn(z, row.timesteps, cond),
-                               window_noise)
+            return solver.step(schedule, row, window_state, z, eps_fn(z, row.timesteps, cond), window_noise)
 
-        per_chunk = (starts.reshape(-1, chunk), prompts.reshape(-1, chunk))
+        window_noise = None if noise is None else windows_of(noise)
+        per_chunk = (windows_of(x), window_noise, jax.tree.map(windows_of, state), prompts.reshape(-1, chunk))
         windows, window_states = jax.lax.map(lambda args: jax.vmap(window_step)(*args), per_chunk)
         fused = (fuse(x, windows), jax.tree.map(fuse, state, window_states))
         return fused if window_mesh is None else jax.lax.psum(fused, window_axis)
@@ -184,17 +197,22 @@ def _co_denoise(eps_fn: EpsFn, schedule: NoiseSchedule, plan: _WindowPlan, conds
     if window_mesh is not None:  # each device steps its share of the windows; psum completes eq. 19
         windowed, replicated = jax.sharding.PartitionSpec(window_axis), jax.sharding.PartitionSpec()
         predict_and_fuse = jax.shard_map(predict_and_fuse, mesh=window_mesh, out_specs=replicated,
-                                         in_specs=(replicated,) * 6 + (windowed,) * 3)
-    window_tables = (jnp.asarray(starts), jnp.asarray(plan.prompts, jnp.int32),
-                     jnp.asarray(np.asarray(plan.weights, np.float32)))
+                                         in_specs=(replicated,) * 6 + (windowed,) * 2)
+    window_tables = (jnp.asarray(plan.prompts, jnp.int32), jnp.asarray(np.asarray(plan.weights, np.float32)))
+    num_frames, pad = latents.shape[1], plan.padded_frames - latents.shape[1]
+
+    def padded(a: jax.Array) -> jax.Array:  # padding windows cover zero frames past the end
+        return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
 
     def body(carry, xs):
         x, state = carry
         row, noise = xs
         return predict_and_fuse(x, state, row, noise, conds, shared_cond, *window_tables), None
 
-    (latents, _), _ = jax.lax.scan(body, (latents, solver.init_state(latents)), (tables, step_noise))
-    return latents
+    noise = None if step_noise is None else jax.vmap(padded)(step_noise)
+    x = padded(latents)
+    (x, _), _ = jax.lax.scan(body, (x, solver.init_state(x)), (tables, noise))
+    return x[:, :num_frames]
 
 
 def co_denoise_sample(eps_fn: EpsFn, schedule: NoiseSchedule, config: CoDenoiseConfig, conds: Sequence[Any], *,
