@@ -26,3 +26,18 @@ def tiny_config() -> Callable[[], ml_collections.ConfigDict]:
     from vidrd_jax.config_loading import load_config
 
     return lambda: load_config(TINY_CONFIG)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Starts the end-to-end demo run now when its test is selected, so it runs beside the rest of the suite."""
+    if not config.option.collectonly and any(item.path.name == "test_demo.py" for item in items):
+        import test_demo
+
+        test_demo.start(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import sys
+
+    if "test_demo" in sys.modules:
+        sys.modules["test_demo"].stop(config)
