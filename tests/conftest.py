@@ -1,5 +1,6 @@
 """Test-session setup: 8 fake CPU devices (sharding tests), offline Hugging Face, fp32 matmuls; shared fixtures."""
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +38,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    import sys
-
+    """Stops the demo run if the session ends before its test waited for it."""
     if "test_demo" in sys.modules:
         sys.modules["test_demo"].stop(config)
