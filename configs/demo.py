@@ -9,7 +9,8 @@ Stages (``vidrd_jax.recipes.stages``; each resumes from its checkpoints, a finis
    frames of the built-in clips and photo pseudo-videos (``tasks/autoencoder.py``); PSNR on held-out clips is logged.
 2. ``unet``: a small UNet3D (Temp-Conv + Temp-Attn) and a small CLIP-architecture text encoder with the real CLIP
    BPE tokenizer learn eq. 3 together on the frozen autoencoder's latents of captioned clips and pseudo-videos.
-3. ``baseline``: the same without temporal layers (``use_temporal=False``), for the evaluation's comparison.
+3. ``baseline`` (opt-in, argument ``baseline``): the same without temporal layers (``use_temporal=False``), for the
+   evaluation's comparison.
 4. ``temporal_vae``: the decoder's Temp-Convs are fine-tuned with eq. 9 (``tasks/vae_temporal.py``); its export
    (the UNet stage's models with the fine-tuned VAE) is the final model, ``WORKDIR/temporal_vae/export``.
 5. ``long_video`` / ``co_denoise``: ``vidrd_jax.generate`` writes a VidRD long video (4 clips) and a co-denoised
@@ -17,13 +18,16 @@ Stages (``vidrd_jax.recipes.stages``; each resumes from its checkpoints, a finis
 6. ``evaluate``: ``vidrd_jax.recipes.demo_evaluation`` (colour / direction accuracy on held-out combinations,
    junction vs inside-clip smoothness of long videos per sampler variant, the baseline's numbers) -> table + JSON.
 
-``WORKDIR/summary.json`` says where everything is. Argument ``test`` shrinks the steps for the end-to-end test
-(``tests/test_demo.py``). Any field can be overridden, e.g. ``--config.unet.config.total_steps=4000``.
+``WORKDIR/summary.json`` says where everything is. Arguments (comma-separated): ``test`` shrinks the steps for the
+end-to-end test (``tests/test_demo.py``), ``baseline`` adds stage 3, ``seed=N`` sets every training stage's seed,
+``motion=NAME`` picks the training clips' motion (``MOTIONS``).
+Any field can be overridden, e.g. ``--config.unet.config.total_steps=4000``.
 
 Wall time on 2 CPU cores, per-stage times and the measured marks (over training seeds and CPU float paths, with
 ``benchmarks/demo_seeds.py``): BENCHMARKS.md, section "End-to-end demo".
 """
 from pathlib import Path
+from typing import NamedTuple
 
 import ml_collections
 
@@ -37,17 +41,29 @@ generate_default = load_module(Path(__file__).with_name("generate_default.py"))
 
 RESOLUTION = 32
 FRAMES = 4  # keyframes per training clip = frames per generated clip (N)
-# The shapes' motion: each path spans half the frame through its centre line, so the direction word also tells where
-# the object is at every frame (the direction mark relies on it at this training budget). Each long-video
-# clip therefore restarts the path (jump ratio above its mark, BENCHMARKS.md); `motion="wrap"` (clips cut at random
-# phases from endless wrapping paths) makes clips continue but leaves position uninformative of the direction.
-MOTION = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
+NUM_CLIPS = 4  # clips per long video
+# Argument motion=NAME: the shapes sources' (weight, render_clip motion, start frames); the evaluation renders the
+# last one's motion. "centred" (the default): each path spans half the frame through its centre line, so where the
+# object is also tells its direction, which the direction mark relies on at this budget, but every long-video clip
+# restarts the path. "continued": that path goes on past the clip, wrapping at the edges, and clips start where the
+# long video's clips do. "wrap": clips cut at random phases of endless wrapping paths (they continue; position tells
+# nothing of the direction); "wrap_trail": the same, each object trailing a fading streak; "centred_wrap": half each.
+# What each gives: BENCHMARKS.md, section "End-to-end demo".
+CENTRED = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
+WRAP = dict(motion="wrap", step_range=(0.16, 0.18), lateral_spread=0.0)
+MOTIONS = {"centred": [(1.0, CENTRED, (0,))],
+           "continued": [(1.0, CENTRED, tuple(range(0, NUM_CLIPS * (FRAMES - 1), FRAMES - 1)))],
+           "wrap": [(1.0, WRAP, (0,))],
+           "wrap_trail": [(1.0, dict(WRAP, trail=1.5), (0,))],
+           "centred_wrap": [(0.5, CENTRED, (0,)), (0.5, WRAP, (0,))]}
 
 
-def _data(num_frames: int, photos_weight: float) -> ml_collections.ConfigDict:
+def _data(num_frames: int, photos_weight: float, motion: str) -> ml_collections.ConfigDict:
     c = base_config().data
-    c.sources = [source("shapes", "shapes", 1.0, num_items=10000, split="train", holdout_fraction=0.2,
-                        holdout_seed=0, **MOTION)]
+    shapes = MOTIONS[motion]
+    c.sources = [source(f"shapes{i}" if len(shapes) > 1 else "shapes", "shapes", weight, num_items=10000,
+                        split="train", holdout_fraction=0.2, holdout_seed=0, start_frames=starts, **render)
+                 for i, (weight, render, starts) in enumerate(shapes)]
     if photos_weight:
         c.sources.append(source("photos", "photos", photos_weight, num_items=1000))
     c.num_frames, c.stride, c.resolution = num_frames, 2, (RESOLUTION, RESOLUTION)
@@ -78,30 +94,40 @@ UNET = dict(block_out_channels=(32, 64), layers_per_block=1, num_attention_heads
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
 
-def _parse_arg(arg: str) -> tuple[bool, int]:
-    """``"[test][,seed=N]"`` -> (test size?, training seed)."""
-    test, seed = False, 0
+class DemoArgs(NamedTuple):
+    test: bool = False  # the end-to-end test's size
+    baseline: bool = False  # add the baseline stage
+    seed: int = 0  # every training stage's seed
+    motion: str = "centred"  # a key of MOTIONS
+
+
+def _parse_arg(arg: str) -> DemoArgs:
+    """``"[test][,baseline][,seed=N][,motion=NAME]"`` -> :class:`DemoArgs`."""
+    args = DemoArgs()
     for part in filter(None, arg.split(",")):
         key, eq, value = part.partition("=")
-        if key == "test" and not eq:
-            test = True
+        if key in ("test", "baseline") and not eq:
+            args = args._replace(**{key: True})
         elif key == "seed" and eq and value.isdigit():
-            seed = int(value)
+            args = args._replace(seed=int(value))
+        elif key == "motion" and eq and value in MOTIONS:
+            args = args._replace(motion=value)
         else:
-            raise ValueError(f"configs/demo.py: unknown argument {part!r} (expected 'test' and/or 'seed=N', "
-                             "e.g. configs/demo.py:test,seed=1)")
-    return test, seed
+            raise ValueError(f"configs/demo.py: unknown argument {part!r} (expected 'test', 'baseline', 'seed=N' "
+                             f"and/or 'motion=NAME', NAME in {sorted(MOTIONS)}; e.g. configs/demo.py:test,seed=1)")
+    return args
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    test, seed = _parse_arg(arg)
+    test, with_baseline, seed, motion = _parse_arg(arg)
     c = ml_collections.ConfigDict()
-    c.stages = ("autoencoder", "unet", "baseline", "temporal_vae", "long_video", "co_denoise", "evaluate")
+    c.stages = ("autoencoder", "unet") + (("baseline",) if with_baseline else ()) + (
+        "temporal_vae", "long_video", "co_denoise", "evaluate")
 
     # Batch 16 x 500 steps: the objects are a few percent of the pixels, and a smaller budget loses their colour
     # (green washes out to gray, yellow turns orange); the generator's colour can be no better than the autoencoder's.
     ae = _trainer("autoencoder", 150 if test else 500, 8 if test else 16, 1e-3)
-    ae.data = _data(2, 0.2)
+    ae.data = _data(2, 0.2, motion)
     ae.model.vae.update(VAE)
     # No adversarial term for the image autoencoder (a 3-D GAN costs 20x here); squared error learns faster than L1.
     ae.loss.update(disc_weight=0.0, pixel_loss="l2")
@@ -110,7 +136,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.autoencoder = _stage("train", ae, export=dict(ema=True, dtype="float32"))
 
     unet = _trainer("denoising", 60 if test else 540, 8 if test else 16, 2e-3)
-    unet.data = _data(FRAMES, 0.1)
+    unet.data = _data(FRAMES, 0.1, motion)
     unet.model.update(init_from="{export:autoencoder}", preset="tiny", allow_missing="^(unet|text_encoder)/")
     unet.model.unet.update(UNET)
     unet.model.text_encoder.update(TEXT)
@@ -132,13 +158,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     baseline = ml_collections.ConfigDict(unet.to_dict())
     baseline.model.unet.use_temporal = False
-    if test:  # the test asserts nothing about the baseline's quality, only that its row is measured
+    if test:
         baseline.total_steps = 20
     c.baseline = _stage("train", baseline, export=dict(ema=True, dtype="float32"))
 
     # Test size: 40 steps at 5e-3 (fewer steps do not lower the posterior samples' flicker reliably).
     tvae = _trainer("vae_temporal", 40 if test else 70, 4, 5e-3 if test else 3e-3)
-    tvae.data = _data(8, 0.0)
+    tvae.data = _data(8, 0.0, motion)
     tvae.model.update(init_from="{export:unet}")
     tvae.model.discriminator.update(dict(base_channels=8, num_layers=2, num_groups=8))
     tvae.optimizer.update(schedule="constant", b1=0.5, b2=0.9, max_grad_norm=0.0)
@@ -163,9 +189,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.co_denoise = _stage("generate", _generate("codenoise", windows, "co_denoise.mp4", steps))
 
     ev = demo_evaluation.get_default_config()
-    ev.render.update(MOTION)
-    ev.update(checkpoint="{export:temporal_vae}", baseline_checkpoint="{export:baseline}", num_prompts=16,
-              ablation_prompts=4, sampling=_sampling("vidrd", steps))
+    ev.render.update(MOTIONS[motion][-1][1])
+    ev.update(checkpoint="{export:temporal_vae}", baseline_checkpoint="{export:baseline}" if with_baseline else "",
+              num_prompts=16, ablation_prompts=4, sampling=_sampling("vidrd", steps))
     if test:
         ev.sampling.vidrd.num_clips, ev.sampling.codenoise.num_frames = 2, 2 * FRAMES
     c.evaluate = _stage("evaluate_demo", ev)
@@ -180,8 +206,9 @@ def _sampling(mode: str, num_steps: int) -> ml_collections.ConfigDict:
     sampling = generate_default.get_config()
     sampling.update(mode=mode, resolution=RESOLUTION, num_steps=num_steps, guidance_scale=GUIDANCE,
                     negative_prompt="")
-    sampling.vidrd.update(num_clips=4, num_frames=FRAMES, num_prompt_frames=FRAMES // 2)
-    sampling.codenoise.update(num_frames=4 * FRAMES, window_size=FRAMES, stride=FRAMES // 2, decode_frames=FRAMES)
+    sampling.vidrd.update(num_clips=NUM_CLIPS, num_frames=FRAMES, num_prompt_frames=FRAMES // 2)
+    sampling.codenoise.update(num_frames=NUM_CLIPS * FRAMES, window_size=FRAMES, stride=FRAMES // 2,
+                              decode_frames=FRAMES)
     return sampling
 
 

@@ -2,14 +2,18 @@
 pseudo-videos of the real photos bundled with scikit-image.
 
 Shapes: a coloured shape moving in a stated direction over a plain or textured neutral-gray background, captioned
-``"a red circle moving left"``. Motion ``"path"``: each clip is a whole path inside the frame; ``"wrap"``: a clip is a
-window, cut at a random phase, of an endless constant-velocity trajectory on the torus (the object leaves through one
-edge and re-enters through the opposite one), so a clip's last frames are a valid start of the next clip and
-``render_clip(start_frame=k)`` renders that next clip. Wrap rather than bounce: the velocity never changes, so the
-caption's direction word is true at every frame (a bounce would reverse it mid-clip). Everything is a pure function
-of ``(seed, index)`` at any resolution and frame count; the (colour, shape, direction) vocabulary is exposed, and
-combinations can be held out for a compositional train / evaluation split: ``heldout_combos`` picks combinations each
-of whose attribute *pairs* still occurs in training, so held-out prompts are novel compositions of seen words.
+``"a red circle moving left"``. Both motions are windows of an endless constant-velocity trajectory on the torus (the
+object leaves through one edge and re-enters through the opposite one), so ``render_clip(start_frame=k)`` renders the
+clip that continues a ``k``-frame clip of the same seed. ``"path"``: the trajectory's first ``path_frames`` frames are
+a path inside the frame (so with ``start_frame=0`` a clip of ``path_frames`` frames shows the whole path, and the
+position at each frame gives the direction away); ``ShapesSource(start_frames=...)`` cuts clips at a few fixed
+frames of that trajectory, e.g. those a VidRD long video's clips cover. ``"wrap"``: clips are cut at a random phase.
+Wrap rather than bounce: the velocity never changes, so the caption's direction word is true at every frame (a
+bounce would reverse it mid-clip). An optional fading trail behind the object shows the direction in every frame.
+Everything is a pure function of ``(seed, index)`` at any resolution and frame count; the (colour, shape, direction)
+vocabulary is exposed, and combinations can be held out for a compositional train / evaluation split:
+``heldout_combos`` picks combinations each of whose attribute *pairs* still occurs in training, so held-out prompts
+are novel compositions of seen words.
 ``render_clip`` is the renderer an evaluator uses to draw reference clips for any combination.
 
 Photos: ``skimage.data`` photographs (astronaut, coffee, chelsea, rocket, …) with short captions, turned into
@@ -43,6 +47,7 @@ SIZE_RANGE = (0.10, 0.16)  # object radius, fraction of the shorter side
 TRAVEL_RANGE = (0.25, 0.45)  # "path": path length, fraction of the frame along the motion
 STEP_RANGE = (0.04, 0.08)  # "wrap": displacement per frame, fraction of the frame along the motion
 MOTIONS: tuple[str, ...] = ("path", "wrap")
+TRAIL_OPACITY = 0.6  # a streak's opacity next to the object (it fades to 0 over ``trail`` frames of motion)
 Combo = tuple[str, str, str]  # (colour, shape, direction)
 
 PHOTOS: dict[str, str] = {
@@ -167,12 +172,15 @@ def _background(rng: np.random.Generator, kind: str, height: int, width: int) ->
 
 
 def _check_motion(size_range: tuple[float, float], travel_range: tuple[float, float], lateral_spread: float,
-                  height: int, width: int, motion: str = "path", step_range: tuple[float, float] = STEP_RANGE) -> None:
+                  height: int, width: int, motion: str = "path", step_range: tuple[float, float] = STEP_RANGE,
+                  trail: float = 0.0) -> None:
     """Ranges are ordered and bounded; a ``"path"`` (the longest plus the largest object's margins, ``1.2 r + 1`` px
     each side) fits in the frame; a ``"wrap"`` step is under half the frame (so a displacement modulo the frame is
-    unambiguous)."""
+    unambiguous); a ``trail`` is 0 to 4 frames of motion."""
     if motion not in MOTIONS:
         raise ValueError(f"motion: must be one of {MOTIONS}, got {motion!r}")
+    if not 0.0 <= trail <= 4.0:
+        raise ValueError(f"trail: must be in [0, 4] frames of motion, got {trail}")
     if not 0.0 <= lateral_spread <= 1.0:
         raise ValueError(f"lateral_spread: must be in [0, 1], got {lateral_spread}")
     for name, (lo, hi), top in (("size_range", size_range, 0.3), ("travel_range", travel_range, 0.8),
@@ -185,23 +193,32 @@ def _check_motion(size_range: tuple[float, float], travel_range: tuple[float, fl
                          f"({travel_range[1]}) does not fit in a {height} x {width} frame")
 
 
-def _path_centres(rng: np.random.Generator, dy: int, dx: int, num_frames: int, height: int, width: int,
-                  margin: float, travel_range: tuple[float, float], across) -> np.ndarray:
-    """``[num_frames, 2]`` (y, x): a straight path of ``travel_range`` of the frame, wholly inside ``margin``."""
+def _path_centres(rng: np.random.Generator, dy: int, dx: int, start_frame: int, num_frames: int, path_frames: int,
+                  height: int, width: int, margin: float, travel_range: tuple[float, float], across
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(``[num_frames, 2]`` (y, x), velocity ``[2]`` px per frame): frames ``start_frame…`` of a trajectory whose
+    frames ``0 … path_frames-1`` are a straight path of ``travel_range`` of the frame, wholly inside ``margin``, and
+    which goes on at the same velocity, modulo the frame along the motion, after them."""
     travel = rng.uniform(*travel_range) * (height if dy else width)
     lo_y, hi_y = margin, height - margin
     lo_x, hi_x = margin, width - margin
     # Start so that start + travel * direction stays in [lo, hi] on the motion axis.
     cy = rng.uniform(lo_y + max(0.0, -dy * travel), hi_y - max(0.0, dy * travel)) if dy else across(lo_y, hi_y)
     cx = rng.uniform(lo_x + max(0.0, -dx * travel), hi_x - max(0.0, dx * travel)) if dx else across(lo_x, hi_x)
-    t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
-    return np.stack([cy + dy * travel * t, cx + dx * travel * t], axis=1)
+    t = np.arange(start_frame, start_frame + num_frames) / (path_frames - 1) if path_frames > 1 else \
+        np.zeros(num_frames)
+    centres = np.stack([cy + dy * travel * t, cx + dx * travel * t], axis=1)
+    if start_frame + num_frames > path_frames:  # past the path: on the torus
+        centres = np.mod(centres, (height, width))
+    return centres, np.array([dy, dx]) * travel / max(path_frames - 1, 1)
 
 
 def _wrap_centres(rng: np.random.Generator, dy: int, dx: int, start_frame: int, num_frames: int, height: int,
-                  width: int, margin: float, step_range: tuple[float, float], across) -> np.ndarray:
-    """``[num_frames, 2]`` (y, x): frames ``start_frame…`` of a constant-velocity trajectory, modulo the frame along
-    the motion, from a uniformly random phase; across the motion as in ``"path"``."""
+                  width: int, margin: float, step_range: tuple[float, float], across
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(``[num_frames, 2]`` (y, x), velocity ``[2]`` px per frame): frames ``start_frame…`` of a constant-velocity
+    trajectory, modulo the frame along the motion, from a uniformly random phase; across the motion as in
+    ``"path"``."""
     along = height if dy else width
     step = rng.uniform(*step_range) * along
     phase = rng.uniform(0.0, along)
@@ -209,7 +226,7 @@ def _wrap_centres(rng: np.random.Generator, dy: int, dx: int, start_frame: int, 
     t = np.arange(start_frame, start_frame + num_frames, dtype=np.float64)
     position = np.mod(phase + (dy or dx) * step * t, along)
     fixed = np.full(num_frames, other)
-    return np.stack([position, fixed] if dy else [fixed, position], axis=1)
+    return np.stack([position, fixed] if dy else [fixed, position], axis=1), np.array([dy, dx]) * step
 
 
 def _wrapped(offset: np.ndarray, period: float | None) -> np.ndarray:
@@ -221,18 +238,21 @@ def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8,
                 width: int | None = None, background: str = "plain", seed: int = 0,
                 size_range: tuple[float, float] = SIZE_RANGE, travel_range: tuple[float, float] = TRAVEL_RANGE,
                 lateral_spread: float = 1.0, motion: str = "path", step_range: tuple[float, float] = STEP_RANGE,
-                start_frame: int = 0, return_centers: bool = False, return_alpha: bool = False
-                ) -> np.ndarray | tuple[np.ndarray, ...]:
+                start_frame: int = 0, path_frames: int | None = None, trail: float = 0.0,
+                return_centers: bool = False, return_alpha: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
     """uint8 ``[num_frames, height, width, 3]`` clip of ``caption_for(colour, shape, direction)``.
 
     Size (``size_range``: fraction of the shorter side), colour jitter (±12 per channel) and the motion are drawn
-    from ``seed``. ``motion="path"``: a path of ``travel_range`` (fraction of the frame along the motion) from a
-    random start, wholly inside the frame. ``motion="wrap"``: ``step_range`` (fraction of the frame) per frame from a
-    uniformly random phase, modulo the frame along the motion (drawn on the torus: an object crossing an edge shows
-    on both sides); ``start_frame`` renders the same trajectory from that frame on (``start_frame=k`` continues a
-    ``k``-frame clip of the same seed). Across the motion the object lies in the central ``lateral_spread`` fraction
-    of the admissible range (1: anywhere). Edges are anti-aliased from the signed distance. ``return_centers`` also
-    returns the ``[num_frames, 2]`` (y, x) centres, ``return_alpha`` (after them) the object's float32 coverage
+    from ``seed``. ``motion="path"``: frames ``0 … path_frames-1`` (default ``num_frames``) are a path of
+    ``travel_range`` (fraction of the frame along the motion) from a random start, wholly inside the frame; later
+    frames go on at the same velocity, modulo the frame. ``motion="wrap"``: ``step_range`` (fraction of the frame)
+    per frame from a uniformly random phase, modulo the frame along the motion. Either way an object crossing an edge
+    is drawn on the torus (it shows on both sides), and ``start_frame`` renders the same trajectory from that frame on
+    (``start_frame=k`` continues a ``k``-frame clip of the same seed and ``path_frames``). Across the motion the
+    object lies in the central ``lateral_spread`` fraction of the admissible range (1: anywhere). ``trail`` (frames of
+    motion, 0: none) draws a streak behind the object, fading from ``TRAIL_OPACITY`` to 0, so that one frame shows
+    the direction. Edges are anti-aliased from the signed distance. ``return_centers`` also returns the
+    ``[num_frames, 2]`` (y, x) centres, ``return_alpha`` (after them) the drawn float32 coverage (object and trail)
     ``[num_frames, height, width]`` (0 outside it: its exact pixels are ``alpha > 0``).
     """
     width = width or height
@@ -242,10 +262,11 @@ def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8,
     if num_frames < 1 or height < 8 or width < 8:
         raise ValueError(f"num_frames/height/width: need >= 1 frame and >= 8 pixels, got {num_frames}, "
                          f"{height}, {width}")
-    _check_motion(size_range, travel_range, lateral_spread, height, width, motion, step_range)
-    if start_frame and motion != "wrap":
-        raise ValueError(f"start_frame: only motion='wrap' continues a trajectory, got start_frame={start_frame} "
-                         f"with motion={motion!r}")
+    _check_motion(size_range, travel_range, lateral_spread, height, width, motion, step_range, trail)
+    path_frames = num_frames if path_frames is None else path_frames
+    if start_frame < 0 or path_frames < 1:
+        raise ValueError(f"start_frame/path_frames: need start_frame >= 0 and path_frames >= 1, got {start_frame}, "
+                         f"{path_frames}")
     rng = np.random.default_rng([seed, 104729])
     bg = _background(rng, background, height, width)
     r = rng.uniform(*size_range) * min(height, width)
@@ -258,15 +279,27 @@ def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8,
 
     margin = 1.2 * r + 1.0
     if motion == "wrap":
-        centers = _wrap_centres(rng, dy, dx, start_frame, num_frames, height, width, margin, step_range, across)
+        centers, velocity = _wrap_centres(rng, dy, dx, start_frame, num_frames, height, width, margin, step_range,
+                                          across)
     else:
-        centers = _path_centres(rng, dy, dx, num_frames, height, width, margin, travel_range, across)
-    period_y, period_x = (height if dy else None, width if dx else None) if motion == "wrap" else (None, None)
+        centers, velocity = _path_centres(rng, dy, dx, start_frame, num_frames, path_frames, height, width, margin,
+                                          travel_range, across)
+    torus = motion == "wrap" or start_frame + num_frames > path_frames
+    period_y, period_x = (height if dy else None, width if dx else None) if torus else (None, None)
     yy = np.arange(height, dtype=np.float32)[None, :, None] + 0.5
     xx = np.arange(width, dtype=np.float32)[None, None, :] + 0.5
-    dist = _shape_distance(shape, _wrapped(yy - centers[:, 0, None, None].astype(np.float32), period_y),
-                           _wrapped(xx - centers[:, 1, None, None].astype(np.float32), period_x), r)
-    alpha = np.clip(0.5 - dist, 0.0, 1.0)[..., None]
+
+    def coverage(at: np.ndarray) -> np.ndarray:  # [F, H, W] of the shape centred at at[F, 2]
+        dist = _shape_distance(shape, _wrapped(yy - at[:, 0, None, None].astype(np.float32), period_y),
+                               _wrapped(xx - at[:, 1, None, None].astype(np.float32), period_x), r)
+        return np.clip(0.5 - dist, 0.0, 1.0)
+
+    alpha = coverage(centers)
+    # The streak: the shape at every pixel step back along the motion, fading linearly from TRAIL_OPACITY.
+    lags = np.linspace(0.0, trail, int(np.ceil(trail * np.hypot(*velocity))) + 2)[1:] if trail else ()
+    for lag in lags:
+        alpha = np.maximum(alpha, TRAIL_OPACITY * (1.0 - lag / trail) * coverage(centers - lag * velocity))
+    alpha = alpha[..., None]
     frames = bg[None, :, :, None] * (1.0 - alpha) + rgb * alpha
     frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
     extra = ((centers,) if return_centers else ()) + ((alpha[..., 0],) if return_alpha else ())
@@ -283,7 +316,10 @@ def object_alpha(prompt: str, num_frames: int, height: int, width: int, **render
 
 class ShapesSource(base.Source):
     """Synthetic captioned clips: item ``i`` shows combo ``combos[i % len(combos)]`` of its split (``motion``,
-    ``step_range``, ``travel_range``, ``size_range``, ``lateral_spread``: :func:`render_clip`'s)."""
+    ``step_range``, ``travel_range``, ``size_range``, ``lateral_spread``, ``trail``: :func:`render_clip`'s), starting
+    at a frame drawn uniformly from ``start_frames`` of its trajectory (for ``"path"``, one clip long: ``(0,)`` shows
+    whole paths, ``(0, N-1, 2(N-1), …)`` the windows that a VidRD long video of N-frame clips reusing one frame
+    covers)."""
 
     kind = "shapes"
 
@@ -291,7 +327,8 @@ class ShapesSource(base.Source):
                  holdout_fraction: float = 0.2, holdout_seed: int = 0, holdout: tuple[str, ...] = (),
                  textured_prob: float = 0.5, size_range: tuple[float, float] = SIZE_RANGE,
                  travel_range: tuple[float, float] = TRAVEL_RANGE, lateral_spread: float = 1.0, motion: str = "path",
-                 step_range: tuple[float, float] = STEP_RANGE, seed: int = 0):
+                 step_range: tuple[float, float] = STEP_RANGE, trail: float = 0.0,
+                 start_frames: tuple[int, ...] = (0,), seed: int = 0):
         super().__init__(name, sampling)
         if not isinstance(num_items, int) or num_items < 1:
             raise ValueError(f"num_items: must be a positive int, got {num_items!r}")
@@ -301,27 +338,34 @@ class ShapesSource(base.Source):
         self.combos = split_combos(split, holdout_fraction, holdout_seed, tuple(holdout))
         self.textured_prob = textured_prob
         _check_motion(tuple(size_range), tuple(travel_range), lateral_spread, sampling.height, sampling.width, motion,
-                      tuple(step_range))
-        self.size_range, self.travel_range, self.lateral_spread = tuple(size_range), tuple(travel_range), lateral_spread
+                      tuple(step_range), trail)
+        self.size_range, self.travel_range = tuple(size_range), tuple(travel_range)
         self.motion, self.step_range = motion, tuple(step_range)
+        self.lateral_spread, self.trail = lateral_spread, trail
+        start_frames = tuple(start_frames)
+        if not start_frames or not all(isinstance(k, int) and k >= 0 for k in start_frames):
+            raise ValueError(f"start_frames: need a non-empty sequence of ints >= 0, got {start_frames!r}")
+        self.start_frames = start_frames
         self.seed = seed
 
     def __len__(self) -> int:
         return self.num_items
 
-    def item(self, index: int) -> tuple[Combo, str, int]:
-        """(combo, background, render seed) of item ``index``."""
+    def item(self, index: int) -> tuple[Combo, str, int, int]:
+        """(combo, background, render seed, start frame) of item ``index``."""
         rng = np.random.default_rng([self.seed, index])
         background = "textured" if rng.random() < self.textured_prob else "plain"
-        return self.combos[index % len(self.combos)], background, int(rng.integers(0, 2**31 - 1))
+        seed = int(rng.integers(0, 2**31 - 1))
+        start = self.start_frames[int(rng.integers(len(self.start_frames)))]
+        return self.combos[index % len(self.combos)], background, seed, start
 
     def load_raw(self, index: int, rng: np.random.Generator | None, keyframes: int) -> base.Raw:
-        (colour, shape, direction), background, seed = self.item(index)
+        (colour, shape, direction), background, seed, start = self.item(index)
         s = self.sampling
         frames = render_clip(colour, shape, direction, num_frames=keyframes, height=s.height, width=s.width,
                              background=background, seed=seed, size_range=self.size_range,
                              travel_range=self.travel_range, lateral_spread=self.lateral_spread, motion=self.motion,
-                             step_range=self.step_range)
+                             step_range=self.step_range, trail=self.trail, start_frame=start)
         return base.Raw(frames, (caption_for(colour, shape, direction),), base.CLIP, f"shapes/{index}")
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str]:

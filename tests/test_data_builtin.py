@@ -189,15 +189,85 @@ def test_wrap_phases_cover_the_frame_and_the_source_renders_them():
     sampling = transforms.Sampling(num_frames=4, stride=2, height=32, width=32)
     source = builtin.ShapesSource("shapes", sampling, num_items=20, seed=2, **WRAP)
     for i in (0, 7):
-        (colour, shape, direction), background, seed = source.item(i)
+        (colour, shape, direction), background, seed, start = source.item(i)
         frames, caption = source.load(i, None)
-        assert caption == builtin.caption_for(colour, shape, direction)
+        assert caption == builtin.caption_for(colour, shape, direction) and start == 0
         np.testing.assert_array_equal(frames, builtin.render_clip(colour, shape, direction, num_frames=4, height=32,
                                                                   background=background, seed=seed, **WRAP))
     for kwargs, message in ((dict(motion="bounce"), "motion: must be one of"),
                             (dict(motion="wrap", step_range=(0.3, 0.5)), "step_range: need 0 < low <= high <= 0.45"),
-                            (dict(start_frame=4), "start_frame: only motion='wrap'")):
+                            (dict(start_frame=-1), "start_frame/path_frames: need start_frame >= 0"),
+                            (dict(path_frames=0), "start_frame/path_frames: need start_frame >= 0")):
         with pytest.raises(ValueError, match=re.escape(message)):
             builtin.render_clip("red", "circle", "up", num_frames=2, height=32, **kwargs)
-    with pytest.raises(ValueError, match="motion"):
-        builtin.ShapesSource("shapes", sampling, num_items=4, motion="bounce")
+    for kwargs in (dict(motion="bounce"), dict(start_frames=()), dict(start_frames=(0, -3)),
+                   dict(start_frames=(0.5,))):
+        with pytest.raises(ValueError, match="motion|start_frames"):
+            builtin.ShapesSource("shapes", sampling, num_items=4, **kwargs)
+
+
+CENTRED = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
+
+
+@pytest.mark.parametrize("direction", list(builtin.DIRECTIONS))
+def test_a_continued_path_is_the_clip_long_path_then_the_same_steps_on_the_torus(direction):
+    kwargs = dict(height=32, width=40, background="textured", seed=5, **CENTRED)
+    path, path_centres = builtin.render_clip("purple", "diamond", direction, num_frames=4, return_centers=True,
+                                             **kwargs)
+    long, centres = builtin.render_clip("purple", "diamond", direction, num_frames=13, path_frames=4,
+                                        return_centers=True, **kwargs)
+    np.testing.assert_array_equal(long[:4], path)  # the first clip is the whole path, inside the frame
+    np.testing.assert_allclose(centres[:4], path_centres, rtol=0, atol=1e-12)
+    for start in (3, 6, 9):  # the windows a 4-clip VidRD long video covers (one frame reused per junction)
+        clip, clip_centres = builtin.render_clip("purple", "diamond", direction, num_frames=4, start_frame=start,
+                                                 return_centers=True, **kwargs)
+        np.testing.assert_array_equal(clip, long[start:start + 4])
+        np.testing.assert_allclose(clip_centres, centres[start:start + 4], rtol=0, atol=1e-12)
+    dy, dx = builtin.DIRECTIONS[direction]
+    along = 32 if dy else 40
+    steps = np.mod(np.diff(centres[:, 0 if dy else 1]) * (dy or dx), along)  # every step the stated way
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-9)
+    assert 0.5 / 3 * along <= steps[0] <= 0.55 / 3 * along
+    measured = np.array([_circular_centre(_mask(f, "purple")) for f in long])
+    offset = np.mod(measured - centres + 0.5 * np.array([32, 40]), [32, 40]) - 0.5 * np.array([32, 40])
+    np.testing.assert_allclose(offset, 0.0, atol=0.5)  # drawn where the trajectory says, across the edges too
+
+
+def test_the_source_cuts_clips_at_its_start_frames():
+    sampling = transforms.Sampling(num_frames=4, stride=2, height=32, width=32)
+    source = builtin.ShapesSource("shapes", sampling, num_items=40, seed=1, start_frames=(0, 3, 6, 9), **CENTRED)
+    starts = []
+    for i in range(40):
+        (colour, shape, direction), background, seed, start = source.item(i)
+        starts.append(start)
+        if i < 4:
+            frames, _ = source.load(i, None)
+            np.testing.assert_array_equal(frames, builtin.render_clip(
+                colour, shape, direction, num_frames=4, height=32, background=background, seed=seed,
+                start_frame=start, **CENTRED))
+    assert set(starts) == {0, 3, 6, 9}
+
+
+@pytest.mark.parametrize("direction", list(builtin.DIRECTIONS))
+@pytest.mark.parametrize("motion", [CENTRED, WRAP])
+def test_a_trail_is_a_fading_streak_behind_the_object(direction, motion):
+    kwargs = dict(num_frames=4, height=32, width=40, seed=3, return_centers=True, return_alpha=True, **motion)
+    plain, centres, body = builtin.render_clip("green", "square", direction, **kwargs)
+    frames, trail_centres, alpha = builtin.render_clip("green", "square", direction, trail=1.5, **kwargs)
+    np.testing.assert_array_equal(trail_centres, centres)  # the trail changes the drawing, not the motion
+    inside = body >= 1.0
+    np.testing.assert_array_equal(frames[inside], plain[inside])  # the object itself is unchanged
+    assert (alpha >= body).all()
+    streak = (alpha > 0) & (body == 0)
+    assert streak.any(axis=(1, 2)).all()
+    assert alpha[streak].max() <= builtin.TRAIL_OPACITY + 1e-6
+    dy, dx = builtin.DIRECTIONS[direction]
+    sides = np.array([32, 40])
+    for f in range(4):  # every streak pixel lies behind the centre, along the motion
+        offset = np.argwhere(streak[f]) + 0.5 - centres[f]
+        offset = np.mod(offset + 0.5 * sides, sides) - 0.5 * sides if motion is WRAP else offset
+        assert (offset @ np.array([dy, dx]) < 0).all()
+    step = np.hypot(*(np.diff(np.unwrap(centres * 2 * np.pi / sides, axis=0), axis=0)[0] * sides / (2 * np.pi)))
+    assert np.abs(offset @ np.array([dy, dx])).max() <= 1.5 * step + 0.2 * 32 + 1  # within trail + the object's size
+    with pytest.raises(ValueError, match=re.escape("trail: must be in [0, 4]")):
+        builtin.render_clip("green", "square", direction, num_frames=2, height=32, trail=-1.0)

@@ -1,10 +1,10 @@
 """End to end: README's main command at test size (``configs/demo.py:test``), in a subprocess on one CPU device.
 
-Every stage runs for real: autoencoder -> UNet3D + text encoder -> baseline without temporal layers -> temporal
-decoder -> VidRD long video and co-denoised video -> evaluation on held-out prompts. Asserted: every output exists,
-the sampler ablation's junction smoothness (a pass mark), and the temporal decoder's lower flicker; colour and
-direction accuracy are measured and reported (the full demo's numbers: BENCHMARKS.md). The run starts when the
-suite is collected and overlaps the other tests.
+Every stage runs for real: autoencoder -> UNet3D + text encoder -> temporal decoder -> VidRD long video and
+co-denoised video -> evaluation on held-out prompts (the baseline without temporal layers is opt-in, argument
+``baseline``). Asserted: every output exists, the sampler ablation's junction smoothness (a pass mark), and the
+temporal decoder's lower flicker; colour and direction accuracy are measured and reported (the full demo's numbers:
+BENCHMARKS.md). The run starts when the suite is collected and overlaps the other tests.
 """
 import json
 import os
@@ -64,9 +64,8 @@ def demo(request):
 
 def test_every_stage_ran_and_wrote_its_outputs(demo):
     workdir, summary, _ = demo
-    assert list(summary["stages"]) == ["autoencoder", "unet", "baseline", "temporal_vae", "long_video", "co_denoise",
-                                       "evaluate"]
-    for name in ("autoencoder", "unet", "baseline", "temporal_vae"):
+    assert list(summary["stages"]) == ["autoencoder", "unet", "temporal_vae", "long_video", "co_denoise", "evaluate"]
+    for name in ("autoencoder", "unet", "temporal_vae"):
         assert (Path(summary["stages"][name]["export"]) / "model_config.json").is_file()
     assert summary["stages"]["autoencoder"]["evaluation"]["mean/image_decoder/psnr"] > 20.0
     # The image autoencoder trained encoder and 2-D decoder only: its Temp-Convs kept their zero-initialised last
@@ -94,7 +93,7 @@ def test_evaluation_table_and_sampler_ablation(demo):
     workdir, summary, stdout = demo
     evaluation = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
     print("\n" + (workdir / "evaluate" / "evaluation.md").read_text())
-    assert "| model | reverse_dsg_pns |" in stdout and "| baseline | reverse_dsg_pns |" in stdout
+    assert "| model | reverse_dsg_pns |" in stdout and "baseline" not in evaluation["results"]  # opt-in
     assert "| model | co_denoise |" in stdout  # the co-denoised videos of the ablation prompts, scored alike
     assert evaluation["results"]["model"]["co_denoise"]["num_videos"] == \
         evaluation["results"]["model"]["forward_dsg_pns"]["num_videos"]
@@ -103,7 +102,7 @@ def test_evaluation_table_and_sampler_ablation(demo):
     assert main["num_videos"] >= 32  # 16 held-out prompts x 2 seeds
     # The autoencoder's fidelity: the same held-out combinations, rendered and passed through encoder and decoder.
     assert model["reconstruction"]["num_videos"] == main["num_videos"]
-    for scores in [*model.values(), evaluation["results"]["baseline"]["reverse_dsg_pns"]]:
+    for scores in model.values():
         assert 0.0 <= scores["colour_accuracy"] <= 1.0 and 0.0 <= scores["direction_accuracy"] <= 1.0
     # The paper's ablation (§5.4) on our data: reused, guided prompt frames (DSG + PNS, reverse mapping) make the
     # clip junctions as smooth as the frames inside a clip; without DSG/PNS the junctions jump.
@@ -114,7 +113,7 @@ def test_evaluation_table_and_sampler_ablation(demo):
     for variant in ("forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns"):
         assert model[variant]["junction_ratio"] > main["junction_ratio"] + ABLATION_MARGIN, (variant, model[variant],
                                                                                              main)
-    # The colour / direction pass marks (0.8 / 0.7) are reported pass/FAIL in the table and belong to the full demo:
+    # The colour / direction pass marks (0.8 / 0.8) are reported pass/FAIL in the table and belong to the full demo:
     # this size's minute of training reaches neither (colour 0.00-0.06, direction 0.00-0.22 over seeds 0-2 x two
     # float paths; its autoencoder keeps almost no object colour), so they are not asserted here.
     assert set(evaluation["passes"]) == {"colour_accuracy", "direction_accuracy", "junction_ratio", "jump_ratio",

@@ -48,6 +48,25 @@ def test_whole_demo_validates_before_anything_runs(tmp_path):
         stages.validate_stages(config, str(tmp_path))
 
 
+def test_demo_arguments_size_seed_motion_and_the_opt_in_baseline():
+    plain, full = _demo("test,seed=2"), _demo("seed=1,baseline,motion=centred_wrap")
+    assert "baseline" not in plain.stages and plain.evaluate.config.baseline_checkpoint == ""
+    assert plain.unet.config.seed == 2 and plain.unet.config.total_steps < full.unet.config.total_steps
+    assert full.stages[:4] == ("autoencoder", "unet", "baseline", "temporal_vae")
+    assert full.evaluate.config.baseline_checkpoint == "{export:baseline}" and full.baseline.config.seed == 1
+    assert not full.baseline.config.model.unet.use_temporal
+    assert [s.name for s in plain.unet.config.data.sources] == ["shapes", "photos"]
+    assert plain.evaluate.config.render.motion == "path"
+    sources = full.unet.config.data.sources
+    assert [(s.name, s.weight, s.params.get("motion", "path")) for s in sources] == [
+        ("shapes0", 0.5, "path"), ("shapes1", 0.5, "wrap"), ("photos", 0.1, "path")]
+    assert full.evaluate.config.render.motion == "wrap"  # the last shapes source's motion is the one scored
+    assert _demo("motion=continued").unet.config.data.sources[0].params.start_frames == (0, 3, 6, 9)
+    for arg in ("tests", "seed=x", "baseline=1", "motion=bounce"):
+        with pytest.raises(ValueError, match="unknown argument"):
+            _demo(arg)
+
+
 def test_a_finished_training_stage_is_skipped(tmp_path):
     config = _demo()
     config.stages = ("autoencoder",)
