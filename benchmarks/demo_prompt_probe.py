@@ -15,7 +15,7 @@
    of all 120 combinations rendered with ``--render``: the loss a perfect model saves at t = T by knowing the word.
 
 ``--render`` holds ``builtin.render_clip`` keyword arguments; use the training data's (``configs/demo.py``
-``MOTION``). The numbers of BENCHMARKS.md "End-to-end demo" come from this script.
+``MOTIONS``).
 """
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # 1. separate tuning: r from the rendered condition, the renderer's exact masks
     c.separate = ml_collections.ConfigDict(dict(
         num_frames=FRAMES, condition="builtin", condition_strength=0.75,
-        render=dict(background="plain", seed=0, **demo.MOTION),
+        render=dict(background="plain", seed=0, **demo.CENTRED),
         segmenter=dict(kind="builtin", path="")))  # files: .npy / PNG folder; sam: a local SamModel folder
 
     # 2. average fusion at the condition's second step (paper: the 5th of 1000 DDPM steps)
