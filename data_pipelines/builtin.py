@@ -198,7 +198,7 @@ def _path_centres(rng: np.random.Generator, dy: int, dx: int, start_frame: int, 
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(``[num_frames, 2]`` (y, x), velocity ``[2]`` px per frame): frames ``start_frame…`` of a trajectory whose
     frames ``0 … path_frames-1`` are a straight path of ``travel_range`` of the frame, wholly inside ``margin``, and
-    which goes on at the same velocity, modulo the frame along the motion, after them."""
+    which goes on at the same velocity after them (unwrapped: the caller takes it modulo the frame)."""
     travel = rng.uniform(*travel_range) * (height if dy else width)
     lo_y, hi_y = margin, height - margin
     lo_x, hi_x = margin, width - margin
@@ -208,8 +208,6 @@ def _path_centres(rng: np.random.Generator, dy: int, dx: int, start_frame: int, 
     t = np.arange(start_frame, start_frame + num_frames) / (path_frames - 1) if path_frames > 1 else \
         np.zeros(num_frames)
     centres = np.stack([cy + dy * travel * t, cx + dx * travel * t], axis=1)
-    if start_frame + num_frames > path_frames:  # past the path: on the torus
-        centres = np.mod(centres, (height, width))
     return centres, np.array([dy, dx]) * travel / max(path_frames - 1, 1)
 
 
@@ -227,6 +225,12 @@ def _wrap_centres(rng: np.random.Generator, dy: int, dx: int, start_frame: int, 
     position = np.mod(phase + (dy or dx) * step * t, along)
     fixed = np.full(num_frames, other)
     return np.stack([position, fixed] if dy else [fixed, position], axis=1), np.array([dy, dx]) * step
+
+
+def crosses_edges(motion: str, start_frame: int, num_frames: int, path_frames: int) -> bool:
+    """Whether :func:`render_clip`'s object may cross the frame's edges, so the clip is drawn (and is scored) on the
+    torus: a wrapping motion, or a path rendered past its first ``path_frames`` frames."""
+    return motion == "wrap" or start_frame + num_frames > path_frames
 
 
 def _wrapped(offset: np.ndarray, period: float | None) -> np.ndarray:
@@ -284,7 +288,9 @@ def render_clip(colour: str, shape: str, direction: str, *, num_frames: int = 8,
     else:
         centers, velocity = _path_centres(rng, dy, dx, start_frame, num_frames, path_frames, height, width, margin,
                                           travel_range, across)
-    torus = motion == "wrap" or start_frame + num_frames > path_frames
+    torus = crosses_edges(motion, start_frame, num_frames, path_frames)
+    if torus:
+        centers = np.mod(centers, (height, width))
     period_y, period_x = (height if dy else None, width if dx else None) if torus else (None, None)
     yy = np.arange(height, dtype=np.float32)[None, :, None] + 0.5
     xx = np.arange(width, dtype=np.float32)[None, None, :] + 0.5

@@ -324,7 +324,7 @@ def rendered_clips(c: ml_collections.ConfigDict) -> tuple[np.ndarray, list[built
 def wraps(c: ml_collections.ConfigDict) -> bool:
     """Whether the rendered data's objects cross the frame's edges (a wrapping motion, or a path continued past its
     first clip): score on a torus."""
-    return c.render.motion == "wrap" or video_frames(c) > c.sampling.vidrd.num_frames
+    return builtin.crosses_edges(c.render.motion, 0, video_frames(c), c.sampling.vidrd.num_frames)
 
 
 def data_scores(c: ml_collections.ConfigDict) -> dict[str, float]:
