@@ -48,7 +48,8 @@ def run_demo(size: str, seed: int, isa: str, motion: str, workdir: Path) -> dict
     model = evaluation["results"]["model"]
     thresholds = ml_collections.ConfigDict(evaluation["config"]["thresholds"])
     row = {"colour": model["reverse_dsg_pns"]["colour_accuracy"],
-           "direction": model["reverse_dsg_pns"]["direction_accuracy"]}
+           "direction": model["reverse_dsg_pns"]["direction_accuracy"],
+           "reconstruction_colour": model["reconstruction"]["colour_accuracy"]}  # the autoencoder's bound
     for variant in VARIANTS:
         row[f"junction/{variant}"] = model[variant]["junction_ratio"]
         if "jump_ratio" in model[variant]:

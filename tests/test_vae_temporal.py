@@ -256,6 +256,29 @@ def test_adaptive_weight_gradient_and_disc_start(run):
     assert float(jnp.max(jnp.abs(autodiff))) > 0
 
 
+def test_saturation_weight_scales_each_pixels_error_by_its_targets_saturation(run):
+    config = ml_collections.ConfigDict(run.config.to_dict())
+    rng = np.random.default_rng(0)
+    video = rng.uniform(-1.0, 1.0, (2, 3, 8, 8, 3)).astype(np.float32)
+    recon = rng.uniform(-1.0, 1.0, video.shape).astype(np.float32)
+    saturation = (video.max(-1) - video.min(-1)) / 2.0  # in [0, 1]
+    for pixel_loss, error in (("l1", np.abs(video - recon)), ("l2", np.square(video - recon))):
+        for weight in (0.0, 5.0):
+            config.loss.update(pixel_loss=pixel_loss, saturation_weight=weight)
+            loss, metrics = VAETemporalTask(config).reconstruction_loss(
+                {"vae": run.final["vae"]}, jnp.asarray(video), jnp.asarray(recon))
+            expected = np.mean(error * (1.0 + weight * saturation)[..., None], dtype=np.float64)
+            assert_close(metrics[pixel_loss], expected, ops=error.size, scale=expected, err_msg=(pixel_loss, weight))
+            assert_close(loss, config.loss.rec_weight * expected, ops=error.size, scale=expected)
+    # A gray target pixel (saturation 0) weighs 1, a fully saturated one 1 + s.
+    config.loss.update(pixel_loss="l1", saturation_weight=5.0)
+    gray, red = np.zeros((1, 1, 1, 2, 3), np.float32), np.zeros((1, 1, 1, 2, 3), np.float32)
+    red[..., 1, :] = (1.0, -1.0, -1.0)
+    loss = VAETemporalTask(config).reconstruction_loss({"vae": run.final["vae"]}, jnp.asarray(gray + red),
+                                                      jnp.asarray(gray + red + 0.5))[1]["l1"]
+    np.testing.assert_allclose(float(loss), 0.5 * (1.0 + 6.0) / 2.0, rtol=1e-6)
+
+
 def test_trainer_logs_the_evaluation_and_writes_previews(run):
     # After the last step the trainer ran Task.evaluate on the EMA weights and logged it under eval/.
     assert [r["step"] for r in run.evaluation] == [FINETUNE_STEPS]
@@ -285,6 +308,7 @@ def test_config_errors_name_the_field(tmp_path):
     cases = {("loss.disc_start", -1): "loss.disc_start", ("loss.disc_weight", -0.5): "loss.disc_weight",
              ("model.discriminator.num_layers", 4): "discriminator", ("data.num_frames", 1): "data.num_frames",
              ("loss.lpips_dir", str(tmp_path / "missing")): "loss.lpips_dir",
+             ("loss.saturation_weight", -1.0): "loss.saturation_weight",
              ("trainable_regex", "("): "trainable_regex",
              ("model.export_into", str(tmp_path / "nothing")): "model.export_into"}
     for (path, value), field in cases.items():

@@ -8,7 +8,9 @@ Each clip is encoded frame by frame (a posterior sample, as LDM's autoencoder tr
     L = α_rec·L_rec(x, D(E(x))) + α_reg·L_reg(x; E, D) + α_disc·λ·L_disc(D(E(x)))          (eq. 9)
 
 * ``L_rec`` = mean |x − x̂| (``loss.pixel_loss = "l2"``: mean squared error) + ``perceptual_weight``·LPIPS(x, x̂)
-  (per frame, when ``loss.lpips_dir`` is set).
+  (per frame, when ``loss.lpips_dir`` is set). ``loss.saturation_weight`` = s > 0 weights each pixel's error by
+  ``1 + s·sat(x)``, sat = (max − min over RGB) / 2 ∈ [0, 1] of the target: small coloured objects on gray
+  backgrounds (the built-in clips) keep their hue, which the plain mean leaves to the last of a short budget.
   LDM sums the pixel term over pixels; the mean only rescales L_rec, which the adaptive weight λ compensates.
 * ``L_reg`` = KL(q(z|x) ‖ N(0, I)), summed over latent elements and averaged over frames (LDM's convention). With
   the encoder frozen it is a constant: it is logged, it has no gradient.
@@ -117,6 +119,7 @@ class KLAutoencoderTask(Task):
             reg_weight=1e-5,  # α_reg (§5.1)
             disc_weight=0.5,  # α_disc (§5.1); 0 = no discriminator (no parameters, no computation)
             pixel_loss="l1",  # "l1" (LDM) | "l2" (mean squared error: faster to learn for a small model from scratch)
+            saturation_weight=0.0,  # s: pixel errors weighted by 1 + s·saturation of the target (0 = LDM's mean)
             perceptual_weight=1.0,  # LPIPS weight inside L_rec (LDM: 1.0); used when lpips_dir is set
             lpips_dir="",  # LPIPS weights folder (vidrd_jax.models.lpips); "" = L1 only
             disc_start=0,  # step from which L_disc and the discriminator loss count (LDM trains D late)
@@ -154,7 +157,7 @@ class KLAutoencoderTask(Task):
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"config.{field}: invalid regex {pattern!r} ({e})") from e
-        for name in ("rec_weight", "reg_weight", "disc_weight", "perceptual_weight"):
+        for name in ("rec_weight", "reg_weight", "disc_weight", "perceptual_weight", "saturation_weight"):
             if not loss[name] >= 0:
                 raise ValueError(f"config.loss.{name} must be >= 0, got {loss[name]!r}")
         if loss.pixel_loss not in ("l1", "l2"):
@@ -303,11 +306,14 @@ class KLAutoencoderTask(Task):
 
     def reconstruction_loss(self, params: Params, video: jax.Array, recon: jax.Array
                             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """α_rec·(mean |x − x̂| (or (x − x̂)², ``loss.pixel_loss``) + perceptual_weight·mean LPIPS) over clips
-        ``[B, F, H, W, 3]``."""
+        """α_rec·(mean w·|x − x̂| (or w·(x − x̂)², ``loss.pixel_loss``) + perceptual_weight·mean LPIPS) over clips
+        ``[B, F, H, W, 3]`` in [-1, 1], w = 1 + saturation_weight·(max − min of x over RGB) / 2."""
         loss = self.config.loss
         error = video - recon
-        rec = jnp.mean(jnp.abs(error)) if loss.pixel_loss == "l1" else jnp.mean(jnp.square(error))
+        error = jnp.abs(error) if loss.pixel_loss == "l1" else jnp.square(error)
+        if loss.saturation_weight:
+            error = error * (1.0 + loss.saturation_weight * 0.5 * (video.max(-1) - video.min(-1)))[..., None]
+        rec = jnp.mean(error)
         metrics = {loss.pixel_loss: rec}
         if self.lpips_params is not None:
             flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
