@@ -3,7 +3,8 @@
     python benchmarks/demo_seeds.py --size test --seeds 0 1 2 --isa default AVX2 --root /tmp/demo_seeds
     python benchmarks/demo_seeds.py --size full --seeds 0 1 2 --isa default AVX2 --root /tmp/demo_seeds_full
 
-Each run is README's main command (``configs/demo.py:[test,]seed=S,motion=M``) in a fresh workdir, in a subprocess
+Each run is README's main command (``configs/demo.py:[test,]seed=S,motion=M``, plus ``--override KEY=VALUE ...`` as
+``--config.KEY=VALUE``) in a fresh workdir, in a subprocess
 on one CPU device, with ``XLA_FLAGS=--xla_cpu_max_isa=ISA`` unless ISA is ``default`` (another CPU's float path; see
 BENCHMARKS.md). A finished run's workdir is reused (its stages are skipped), so an interrupted sweep continues.
 ``motion/VARIANT`` is the motion ratio (mean per-frame centroid motion of the long videos over the rendered data's)
@@ -31,7 +32,8 @@ from vidrd_jax.recipes.demo_evaluation import continuation_marks  # noqa: E402  
 VARIANTS = ("reverse_dsg_pns", "forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns")
 
 
-def run_demo(size: str, seed: int, isa: str, motion: str, workdir: Path) -> dict[str, float]:
+def run_demo(size: str, seed: int, isa: str, motion: str, workdir: Path, overrides: list[str]
+             ) -> dict[str, float]:
     """Runs the demo once (or reuses a finished run) and returns its marks as a flat dict."""
     if not (workdir / "evaluate" / "evaluation.json").is_file():
         env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -41,7 +43,8 @@ def run_demo(size: str, seed: int, isa: str, motion: str, workdir: Path) -> dict
         arg = ",".join(filter(None, ["test" if size == "test" else "", f"seed={seed}", f"motion={motion}"]))
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "vidrd_jax.recipes", "--config", f"configs/demo.py:{arg}",
-                        "--workdir", str(workdir)], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+                        *(f"--config.{o}" for o in overrides), "--workdir", str(workdir)],
+                       cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
         (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
     evaluation = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
     summary = json.loads((workdir / "summary.json").read_text())
@@ -75,17 +78,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--isa", nargs="+", default=["default", "AVX2"], help="default, SSE4_2, AVX, AVX2, AVX512")
     parser.add_argument("--motion", default="centred", help="configs/demo.py's motion=NAME (its MOTIONS)")
+    parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, passed as --config.KEY=VALUE (e.g. unet.config.total_steps=540)")
     parser.add_argument("--root", type=Path, required=True, help="one workdir per run goes under it")
     args = parser.parse_args()
     rows = {}
     for seed in args.seeds:
         for isa in args.isa:
             name = f"{args.size}_seed{seed}_{isa}"
-            rows[name] = run_demo(args.size, seed, isa, args.motion, args.root / name)
+            rows[name] = run_demo(args.size, seed, isa, args.motion, args.root / name, args.override)
             print(name, json.dumps({k: round(v, 4) for k, v in rows[name].items()}), flush=True)
     keys = sorted({k for row in rows.values() for k in row})
     print(f"\n{len(rows)} runs ({args.size} size, motion {args.motion}, seeds {args.seeds}, float paths "
-          f"{args.isa})\n")
+          f"{args.isa}, overrides {args.override})\n")
     print("| mark | mean ± std | min | max | runs |\n|---|---|---|---|---|")
     table = {}
     for key in keys:
