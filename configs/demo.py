@@ -47,12 +47,15 @@ NUM_CLIPS = 4  # clips per long video
 # object is also tells its direction, which the direction mark relies on at this budget, but every long-video clip
 # restarts the path. "continued": that path goes on past the clip, wrapping at the edges, and clips start where the
 # long video's clips do. "wrap": clips cut at random phases of endless wrapping paths (they continue; position tells
-# nothing of the direction); "wrap_trail": the same, each object trailing a fading streak; "centred_wrap": half each.
+# nothing of the direction); "wrap_trail": the same, each object trailing a fading streak; "centred_wrap": half each;
+# "centred_continued": half the clips start the centred path, half start where later long-video clips do.
 # What each gives: BENCHMARKS.md, section "End-to-end demo".
+CONTINUED_STARTS = tuple(range(0, NUM_CLIPS * (FRAMES - 1), FRAMES - 1))  # where the long video's clips start
 CENTRED = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
 WRAP = dict(motion="wrap", step_range=(0.16, 0.18), lateral_spread=0.0)
 MOTIONS = {"centred": [(1.0, CENTRED, (0,))],
-           "continued": [(1.0, CENTRED, tuple(range(0, NUM_CLIPS * (FRAMES - 1), FRAMES - 1)))],
+           "continued": [(1.0, CENTRED, CONTINUED_STARTS)],
+           "centred_continued": [(0.5, CENTRED, (0,)), (0.5, CENTRED, CONTINUED_STARTS[1:])],
            "wrap": [(1.0, WRAP, (0,))],
            "wrap_trail": [(1.0, dict(WRAP, trail=1.5), (0,))],
            "centred_wrap": [(0.5, CENTRED, (0,)), (0.5, WRAP, (0,))]}

@@ -62,6 +62,8 @@ def test_demo_arguments_size_seed_motion_and_the_opt_in_baseline():
         ("shapes0", 0.5, "path"), ("shapes1", 0.5, "wrap"), ("photos", 0.1, "path")]
     assert full.evaluate.config.render.motion == "wrap"  # the last shapes source's motion is the one scored
     assert _demo("motion=continued").unet.config.data.sources[0].params.start_frames == (0, 3, 6, 9)
+    mixed = _demo("motion=centred_continued").unet.config.data.sources
+    assert [(s.weight, s.params.start_frames) for s in mixed[:2]] == [(0.5, (0,)), (0.5, (3, 6, 9))]
     for arg in ("tests", "seed=x", "baseline=1", "motion=bounce"):
         with pytest.raises(ValueError, match="unknown argument"):
             _demo(arg)
