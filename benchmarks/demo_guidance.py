@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from demo_seeds import isa_env  # noqa: E402  (benchmarks/, this script's folder, is on the path)
 from vidrd_jax.recipes import demo_evaluation  # noqa: E402  (after the repository is on the path)
 
 MARKS = ("colour_accuracy", "direction_accuracy", "junction_ratio", "jump_ratio", "motion_ratio")
@@ -63,13 +63,9 @@ def main() -> None:
         raise SystemExit(f"--root {args.root}: no finished demo_seeds.py run (*/evaluate/evaluation.json) under it")
     results = {}
     for workdir in runs:
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-        env["JAX_PLATFORMS"] = "cpu"
-        if run_isa(workdir.name) != "default":
-            env["XLA_FLAGS"] = f"--xla_cpu_max_isa={run_isa(workdir.name)}"
         out = subprocess.run([sys.executable, __file__, "--root", str(args.root), "--workdir", str(workdir),
-                              "--guidance", *map(str, args.guidance)], env=env, check=True, capture_output=True,
-                             text=True).stdout
+                              "--guidance", *map(str, args.guidance)], env=isa_env(run_isa(workdir.name)),
+                             check=True, capture_output=True, text=True).stdout
         results[workdir.name] = json.loads(out.strip().splitlines()[-1])
         for row in results[workdir.name]:
             print(workdir.name, json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)

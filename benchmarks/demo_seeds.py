@@ -32,19 +32,24 @@ from vidrd_jax.recipes.demo_evaluation import continuation_marks  # noqa: E402  
 VARIANTS = ("reverse_dsg_pns", "forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns")
 
 
+def isa_env(isa: str) -> dict[str, str]:
+    """This process's environment for a subprocess on one CPU device and the float path ``isa``."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    if isa != "default":
+        env["XLA_FLAGS"] = f"--xla_cpu_max_isa={isa}"
+    return env
+
+
 def run_demo(size: str, seed: int, isa: str, motion: str, workdir: Path, overrides: list[str]
              ) -> dict[str, float]:
     """Runs the demo once (or reuses a finished run) and returns its marks as a flat dict."""
     if not (workdir / "evaluate" / "evaluation.json").is_file():
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-        env["JAX_PLATFORMS"] = "cpu"
-        if isa != "default":
-            env["XLA_FLAGS"] = f"--xla_cpu_max_isa={isa}"
         arg = ",".join(filter(None, ["test" if size == "test" else "", f"seed={seed}", f"motion={motion}"]))
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "vidrd_jax.recipes", "--config", f"configs/demo.py:{arg}",
                         *(f"--config.{o}" for o in overrides), "--workdir", str(workdir)],
-                       cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+                       cwd=REPO, env=isa_env(isa), check=True, stdout=subprocess.DEVNULL)
         (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
     evaluation = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
     summary = json.loads((workdir / "summary.json").read_text())

@@ -209,7 +209,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 NUM_STEPS = 25
 # Classifier-free guidance 2, not SD's 7.5: with this zero-terminal-SNR v-prediction model stronger guidance shifts
 # the objects' hue away from the prompt's colour (Lin et al. 2024 report over-exposure under guidance at zero terminal
-# SNR); 1.5-2.5 keeps the colour and the direction (sweep: BENCHMARKS.md, "End-to-end demo").
+# SNR); 1.5-3 keeps colour and direction >= 0.8 in every measured run (sweep: BENCHMARKS.md, "End-to-end demo").
 GUIDANCE = 2.0
 
 

@@ -106,15 +106,15 @@ def test_evaluation_table_and_sampler_ablation(demo):
         assert 0.0 <= scores["colour_accuracy"] <= 1.0 and 0.0 <= scores["direction_accuracy"] <= 1.0
     # The paper's ablation (§5.4) on our data: reused, guided prompt frames (DSG + PNS, reverse mapping) make the
     # clip junctions as smooth as the frames inside a clip; without DSG/PNS the junctions jump.
-    # Margins: about half the smallest measured over training seeds 0-2 x two float paths (default, AVX2 cap) with
-    # benchmarks/demo_seeds.py --size test (BENCHMARKS.md, "Test size"): main ratio 0.17-0.40 against the mark of
-    # 1.5, every other variant at least 0.19 above it.
+    # Margins: half or less of the smallest measured over training seeds 0-2 x two float paths (default, AVX2 cap)
+    # with benchmarks/demo_seeds.py --size test (BENCHMARKS.md, "Test size"): main ratio 0.16-0.25 against the mark
+    # of 1.5, every other variant at least 0.27 above it.
     assert evaluation["passes"]["junction_ratio"] and main["junction_ratio"] <= 1.5
     for variant in ("forward_dsg_pns", "reverse_no_dsg_pns", "forward_no_dsg_pns"):
         assert model[variant]["junction_ratio"] > main["junction_ratio"] + ABLATION_MARGIN, (variant, model[variant],
                                                                                              main)
     # The colour / direction pass marks (0.8 / 0.8) are reported pass/FAIL in the table and belong to the full demo:
-    # this size's minute of training reaches neither (colour 0.00-0.06, direction 0.00-0.22 over seeds 0-2 x two
+    # this size's minute of training reaches neither (colour 0.00-0.06, direction 0.00-0.28 over seeds 0-2 x two
     # float paths; its autoencoder keeps almost no object colour), so they are not asserted here.
     assert set(evaluation["passes"]) == {"colour_accuracy", "direction_accuracy", "junction_ratio", "jump_ratio",
                                          "motion_ratio"}
@@ -123,8 +123,8 @@ def test_evaluation_table_and_sampler_ablation(demo):
 def test_temporal_decoder_lowers_flicker(demo):
     _, summary, _ = demo
     evaluation = summary["stages"]["temporal_vae"]["evaluation"]  # held-out clips, after vs before fine-tuning
-    # Over seeds 0-2 x two float paths flicker fell by at least 0.0008 (mean latents) / 0.0013 (samples) and PSNR
-    # moved by -0.01 dB or more; the test asks for half the smallest fall.
+    # Over seeds 0-2 x two float paths flicker fell by at least 0.0012 (mean latents) / 0.0017 (samples) and PSNR
+    # rose by 0.04 dB or more; the test asks for a third of the smallest fall and allows PSNR to drop by 0.5 dB.
     for latents in ("mean", "sample"):
         assert evaluation[f"{latents}/delta/flicker"] < -FLICKER_MARGIN, evaluation
         assert evaluation[f"{latents}/delta/psnr"] > -0.5, evaluation
