@@ -28,19 +28,21 @@ from vidrd_jax.recipes import demo_evaluation  # noqa: E402  (after the reposito
 MARKS = ("colour_accuracy", "direction_accuracy", "junction_ratio", "jump_ratio", "motion_ratio")
 
 
-def score_run(workdir: Path, scales: list[float]) -> list[dict[str, float]]:
-    """The main variant's marks of one finished run at each guidance scale (in this process's float path)."""
+def score_run(workdir: Path, scales: list[float]) -> list[dict]:
+    """The main variant's marks of one finished run at each guidance scale (in this process's float path), and which
+    of the run's pass marks each meets."""
     record = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
     c = ml_collections.ConfigDict(record["config"])
-    reference = record["results"]["data"]["rendered"]["motion"]  # the rendered data's motion, for motion_ratio
     rows = []
     for scale in scales:
         c.sampling.guidance_scale = scale
-        scores = demo_evaluation.evaluate_model(c.checkpoint, c, [demo_evaluation.MAIN_VARIANT],
-                                                str(workdir / "guidance"), f"g{scale:g}")
-        main = scores[demo_evaluation.MAIN_VARIANT]
-        main["motion_ratio"] = main["motion"] / reference
-        rows.append({"guidance": scale, **{k: main[k] for k in MARKS}})
+        results = {"model": demo_evaluation.evaluate_model(c.checkpoint, c, [demo_evaluation.MAIN_VARIANT],
+                                                           str(workdir / "guidance"), f"g{scale:g}"),
+                   "data": record["results"]["data"]}  # the rendered data's motion, for motion_ratio
+        demo_evaluation.add_motion_ratios(results)
+        main = results["model"][demo_evaluation.MAIN_VARIANT]
+        rows.append({"guidance": scale, "marks": {k: main[k] for k in MARKS},
+                     "passes": demo_evaluation.passes(results, c.thresholds)})
     return rows
 
 
@@ -68,17 +70,16 @@ def main() -> None:
                              check=True, capture_output=True, text=True).stdout
         results[workdir.name] = json.loads(out.strip().splitlines()[-1])
         for row in results[workdir.name]:
-            print(workdir.name, json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
-    thresholds = demo_evaluation.get_default_config().thresholds
+            print(workdir.name, f"guidance {row['guidance']:g}",
+                  json.dumps({k: round(v, 4) for k, v in row["marks"].items()}), flush=True)
     print(f"\n{len(runs)} runs: {', '.join(results)}\n")
     print("| guidance | " + " | ".join(MARKS) + " |\n" + "|---" * (len(MARKS) + 1) + "|")
     table = {}
     for i, scale in enumerate(args.guidance):
         cells, table[scale] = [], {}
         for mark in MARKS:
-            values = np.array([rows[i][mark] for rows in results.values()], np.float64)
-            at_most = mark in ("junction_ratio", "jump_ratio")
-            meets = int(np.sum(values <= thresholds[mark] if at_most else values >= thresholds[mark]))
+            values = np.array([rows[i]["marks"][mark] for rows in results.values()], np.float64)
+            meets = sum(rows[i]["passes"][mark] for rows in results.values())
             table[scale][mark] = dict(mean=values.mean(), std=values.std(), min=values.min(), max=values.max(),
                                       meets=meets)
             cells.append(f"{values.mean():.3f} ± {values.std():.3f} ({meets}/{len(values)})")
