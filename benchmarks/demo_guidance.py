@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 from demo_seeds import isa_env  # noqa: E402  (benchmarks/, this script's folder, is on the path)
 from vidrd_jax.recipes import demo_evaluation  # noqa: E402  (after the repository is on the path)
 
-MARKS = ("colour_accuracy", "direction_accuracy", "junction_ratio", "jump_ratio", "motion_ratio")
+MARKS = ("colour_accuracy", "direction_accuracy", "junction_ratio", "jump_ratio", "motion_ratio",
+         "continued_junctions")
 
 
 def score_run(workdir: Path, scales: list[float]) -> list[dict]:
@@ -34,11 +35,13 @@ def score_run(workdir: Path, scales: list[float]) -> list[dict]:
     record = json.loads((workdir / "evaluate" / "evaluation.json").read_text())
     c = ml_collections.ConfigDict(record["config"])
     rows = []
+    data = record["results"]["data"]  # the rendered data's motion, for motion_ratio and continued_junctions
     for scale in scales:
         c.sampling.guidance_scale = scale
         results = {"model": demo_evaluation.evaluate_model(c.checkpoint, c, [demo_evaluation.MAIN_VARIANT],
-                                                           str(workdir / "guidance"), f"g{scale:g}"),
-                   "data": record["results"]["data"]}  # the rendered data's motion, for motion_ratio
+                                                           str(workdir / "guidance"), f"g{scale:g}",
+                                                           data["rendered"]["motion"]),
+                   "data": data}
         demo_evaluation.add_motion_ratios(results)
         main = results["model"][demo_evaluation.MAIN_VARIANT]
         rows.append({"guidance": scale, "marks": {k: main[k] for k in MARKS},

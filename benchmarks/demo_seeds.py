@@ -3,14 +3,15 @@
     python benchmarks/demo_seeds.py --size test --seeds 0 1 2 --isa default AVX2 --root /tmp/demo_seeds
     python benchmarks/demo_seeds.py --size full --seeds 0 1 2 --isa default AVX2 --root /tmp/demo_seeds_full
 
-Each run is README's main command (``configs/demo.py:[test,]seed=S,motion=M``, plus ``--override KEY=VALUE ...`` as
+Each run is README's main command (``configs/demo.py:[test,]seed=S[,motion=M]``, plus ``--override KEY=VALUE ...`` as
 ``--config.KEY=VALUE``) in a fresh workdir, in a subprocess
 on one CPU device, with ``XLA_FLAGS=--xla_cpu_max_isa=ISA`` unless ISA is ``default`` (another CPU's float path; see
 BENCHMARKS.md). A finished run's workdir is reused (its stages are skipped), so an interrupted sweep continues.
-``motion/VARIANT`` is the motion ratio (mean per-frame centroid motion of the long videos over the rendered data's)
-and ``continues/VARIANT`` 1 when the variant meets all three continuation marks (junction and jump ratio, motion
-ratio), so its mean is the share of runs that continue. Prints one row per run and a summary table (mean ± standard
-deviation, min, max, runs with a value) in markdown; writes ``ROOT/summary.json``.
+``motion/VARIANT`` is the motion ratio (mean per-frame centroid motion of the long videos over the rendered data's),
+``continued/VARIANT`` the share of junctions at which the object goes on in the prompt's direction, and
+``continues/VARIANT`` 1 when the variant meets all four continuation marks (junction and jump ratio, motion ratio,
+continued junctions), so its mean is the share of runs that continue. Prints one row per run and a summary table
+(mean ± standard deviation, min, max, runs with a value) in markdown; writes ``ROOT/summary.json``.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def run_demo(size: str, seed: int, isa: str, motion: str, workdir: Path, overrid
              ) -> dict[str, float]:
     """Runs the demo once (or reuses a finished run) and returns its marks as a flat dict."""
     if not (workdir / "evaluate" / "evaluation.json").is_file():
-        arg = ",".join(filter(None, ["test" if size == "test" else "", f"seed={seed}", f"motion={motion}"]))
+        arg = ",".join(filter(None, ["test" if size == "test" else "", f"seed={seed}",
+                                     f"motion={motion}" if motion else ""]))
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "vidrd_jax.recipes", "--config", f"configs/demo.py:{arg}",
                         *(f"--config.{o}" for o in overrides), "--workdir", str(workdir)],
@@ -64,6 +66,7 @@ def run_demo(size: str, seed: int, isa: str, motion: str, workdir: Path, overrid
             row[f"jump/{variant}"] = model[variant]["jump_ratio"]
         if "motion_ratio" in model[variant]:  # per-frame centroid motion over the rendered data's
             row[f"motion/{variant}"] = model[variant]["motion_ratio"]
+            row[f"continued/{variant}"] = model[variant]["continued_junctions"]
             row[f"continues/{variant}"] = float(all(continuation_marks(model[variant], thresholds).values()))
     # The ablation's margin: how much smoother the main variant's junctions are than the next best variant's.
     row["ablation_margin"] = min(model[v]["junction_ratio"] for v in VARIANTS[1:]) - row["junction/reverse_dsg_pns"]
@@ -82,7 +85,8 @@ def main() -> None:
     parser.add_argument("--size", choices=("test", "full"), default="test")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--isa", nargs="+", default=["default", "AVX2"], help="default, SSE4_2, AVX, AVX2, AVX512")
-    parser.add_argument("--motion", default="centred", help="configs/demo.py's motion=NAME (its MOTIONS)")
+    parser.add_argument("--motion", default="", help="configs/demo.py's motion=NAME (its MOTIONS; default: "
+                        "the config's default for the size)")
     parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, passed as --config.KEY=VALUE (e.g. unet.config.total_steps=540)")
     parser.add_argument("--root", type=Path, required=True, help="one workdir per run goes under it")
@@ -94,7 +98,7 @@ def main() -> None:
             rows[name] = run_demo(args.size, seed, isa, args.motion, args.root / name, args.override)
             print(name, json.dumps({k: round(v, 4) for k, v in rows[name].items()}), flush=True)
     keys = sorted({k for row in rows.values() for k in row})
-    print(f"\n{len(rows)} runs ({args.size} size, motion {args.motion}, seeds {args.seeds}, float paths "
+    print(f"\n{len(rows)} runs ({args.size} size, motion {args.motion or 'default'}, seeds {args.seeds}, float paths "
           f"{args.isa}, overrides {args.override})\n")
     print("| mark | mean ± std | min | max | runs |\n|---|---|---|---|---|")
     table = {}

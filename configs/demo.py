@@ -13,14 +13,16 @@ Stages (``vidrd_jax.recipes.stages``; each resumes from its checkpoints, a finis
    evaluation's comparison.
 4. ``temporal_vae``: the decoder's Temp-Convs are fine-tuned with eq. 9 (``tasks/vae_temporal.py``); its export
    (the UNet stage's models with the fine-tuned VAE) is the final model, ``WORKDIR/temporal_vae/export``.
-5. ``long_video`` / ``co_denoise``: ``vidrd_jax.generate`` writes a VidRD long video (4 clips) and a co-denoised
-   video with per-window prompts for held-out prompts (mp4 + GIF + PNG contact sheet + JSON record).
+5. ``long_video`` / ``co_denoise``: ``vidrd_jax.generate`` writes a VidRD long video (4 clips; with ``motion=parts``
+   clip k is prompted with part k's caption) and a co-denoised video with per-window prompts for held-out prompts
+   (mp4 + GIF + PNG contact sheet + JSON record).
 6. ``evaluate``: ``vidrd_jax.recipes.demo_evaluation`` (colour / direction accuracy on held-out combinations,
-   junction vs inside-clip smoothness of long videos per sampler variant, the baseline's numbers) -> table + JSON.
+   junction vs inside-clip smoothness and continuation of long videos per sampler variant, the baseline's numbers)
+   -> table + JSON.
 
 ``WORKDIR/summary.json`` says where everything is. Arguments (comma-separated): ``test`` shrinks the steps for the
 end-to-end test (``tests/test_demo.py``), ``baseline`` adds stage 3, ``seed=N`` sets every training stage's seed,
-``motion=NAME`` picks the training clips' motion (``MOTIONS``).
+``motion=NAME`` picks the training clips' motion (``MOTIONS``; ``parts`` makes the long videos continue).
 Any field can be overridden, e.g. ``--config.unet.config.total_steps=4000``.
 
 Wall time on 2 CPU cores, per-stage times and the measured marks (over training seeds and CPU float paths, with
@@ -44,28 +46,36 @@ FRAMES = 4  # keyframes per training clip = frames per generated clip (N)
 NUM_CLIPS = 4  # clips per long video
 # Argument motion=NAME: the shapes sources' (weight, render_clip motion, start frames); the evaluation renders the
 # last one's motion. "centred" (the default): each path spans half the frame through its centre line, so where the
-# object is also tells its direction, which the direction mark relies on at this budget, but every long-video clip
-# restarts the path. "continued": that path goes on past the clip, wrapping at the edges, and clips start where the
-# long video's clips do. "wrap": clips cut at random phases of endless wrapping paths (they continue; position tells
-# nothing of the direction); "wrap_trail": the same, each object trailing a fading streak; "centred_wrap": half each;
-# "centred_continued": half the clips start the centred path, half start where later long-video clips do.
+# object is also tells its direction, which the direction mark relies on at this budget, but no clip shows the path
+# going on, and every long-video clip restarts it or runs back along it. "parts": half the clips show the centred
+# path; the other half show that path going on past the clip (wrapping at the edges) from where the long video's
+# later clips start, each captioned with its part (", part k": the clip starting at frame 3(k-1), PART_MOTIONS), and
+# the long videos prompt clip k with part k's caption, so clip k+1 goes on from clip k (in some training runs; with
+# half the clips on the centred path the sign is learned less reliably). "continued": clips start where the long
+# video's clips do, all captioned alike; "centred_continued": "parts" without the part captions; "wrap": random
+# phases of endless wrapping paths; "wrap_trail": the same, each object trailing a fading streak; "centred_wrap":
+# half centred, half wrapping. Without part captions, every motion whose clips start anywhere but the path's start
+# loses the direction's sign.
 # What each gives: BENCHMARKS.md, section "End-to-end demo".
 CONTINUED_STARTS = tuple(range(0, NUM_CLIPS * (FRAMES - 1), FRAMES - 1))  # where the long video's clips start
 CENTRED = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
 WRAP = dict(motion="wrap", step_range=(0.16, 0.18), lateral_spread=0.0)
 MOTIONS = {"centred": [(1.0, CENTRED, (0,))],
+           "parts": [(0.5, CENTRED, (0,)), (0.5, CENTRED, CONTINUED_STARTS[1:])],
            "continued": [(1.0, CENTRED, CONTINUED_STARTS)],
            "centred_continued": [(0.5, CENTRED, (0,)), (0.5, CENTRED, CONTINUED_STARTS[1:])],
            "wrap": [(1.0, WRAP, (0,))],
            "wrap_trail": [(1.0, dict(WRAP, trail=1.5), (0,))],
            "centred_wrap": [(0.5, CENTRED, (0,)), (0.5, WRAP, (0,))]}
+PART_MOTIONS = ("parts",)  # motions whose captions and long-video prompts name the part
 
 
 def _data(num_frames: int, photos_weight: float, motion: str) -> ml_collections.ConfigDict:
     c = base_config().data
     shapes = MOTIONS[motion]
+    parts = dict(part_stride=FRAMES - 1) if motion in PART_MOTIONS else {}
     c.sources = [source(f"shapes{i}" if len(shapes) > 1 else "shapes", "shapes", weight, num_items=10000,
-                        split="train", holdout_fraction=0.2, holdout_seed=0, start_frames=starts, **render)
+                        split="train", holdout_fraction=0.2, holdout_seed=0, start_frames=starts, **render, **parts)
                  for i, (weight, render, starts) in enumerate(shapes)]
     if photos_weight:
         c.sources.append(source("photos", "photos", photos_weight, num_items=1000))
@@ -187,7 +197,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     held = heldout_combos(0.2, 0)
     steps = 8 if test else NUM_STEPS  # DDIM steps of the generate stages
-    long_prompts = [caption_for(*combo) for combo in held[:4]]
+    clip_parts = range(1, NUM_CLIPS + 1) if motion in PART_MOTIONS else (1,)  # one caption per clip, or for all
+    long_prompts = [" | ".join(caption_for(*combo, part) for part in clip_parts) for combo in held[:4]]
     c.long_video = _stage("generate", _generate("vidrd", long_prompts, "long_video.mp4", steps))
     # Co-denoising: the first video's object turns half-way (per-window prompts), the second keeps one prompt.
     colour, shape, direction = held[0]
@@ -199,7 +210,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     ev = demo_evaluation.get_default_config()
     ev.render.update(MOTIONS[motion][-1][1])
     ev.update(checkpoint="{export:temporal_vae}", baseline_checkpoint="{export:baseline}" if with_baseline else "",
-              num_prompts=16, ablation_prompts=4, sampling=_sampling("vidrd", steps))
+              num_prompts=16, ablation_prompts=4, sampling=_sampling("vidrd", steps),
+              part_prompts=motion in PART_MOTIONS)
     if test:
         ev.sampling.vidrd.num_clips, ev.sampling.codenoise.num_frames = 2, 2 * FRAMES
     c.evaluate = _stage("evaluate_demo", ev)

@@ -68,10 +68,11 @@ PHOTOS: dict[str, str] = {
 }
 
 
-def caption_for(colour: str, shape: str, direction: str) -> str:
-    """``"a red circle moving left"`` (``"an orange …"``)."""
+def caption_for(colour: str, shape: str, direction: str, part: int = 1) -> str:
+    """``"a red circle moving left"`` (``"an orange …"``); ``part`` k > 1 appends ``", part k"`` (the k-th clip of a
+    longer motion, see :class:`ShapesSource`'s ``part_stride``)."""
     article = "an" if colour[0] in "aeiou" else "a"
-    return f"{article} {colour} {shape} moving {direction}"
+    return f"{article} {colour} {shape} moving {direction}" + (f", part {part}" if part > 1 else "")
 
 
 def all_combos() -> list[Combo]:
@@ -325,7 +326,9 @@ class ShapesSource(base.Source):
     ``step_range``, ``travel_range``, ``size_range``, ``lateral_spread``, ``trail``: :func:`render_clip`'s), starting
     at a frame drawn uniformly from ``start_frames`` of its trajectory (for ``"path"``, one clip long: ``(0,)`` shows
     whole paths, ``(0, N-1, 2(N-1), …)`` the windows that a VidRD long video of N-frame clips reusing one frame
-    covers)."""
+    covers). ``part_stride`` > 0 names the window in the caption: a clip starting at frame s is part
+    ``s // part_stride + 1`` (:func:`caption_for`), so each window of the trajectory has its own caption, as the
+    clips of a long video can have their own prompts."""
 
     kind = "shapes"
 
@@ -334,7 +337,7 @@ class ShapesSource(base.Source):
                  textured_prob: float = 0.5, size_range: tuple[float, float] = SIZE_RANGE,
                  travel_range: tuple[float, float] = TRAVEL_RANGE, lateral_spread: float = 1.0, motion: str = "path",
                  step_range: tuple[float, float] = STEP_RANGE, trail: float = 0.0,
-                 start_frames: tuple[int, ...] = (0,), seed: int = 0):
+                 start_frames: tuple[int, ...] = (0,), part_stride: int = 0, seed: int = 0):
         super().__init__(name, sampling)
         if not isinstance(num_items, int) or num_items < 1:
             raise ValueError(f"num_items: must be a positive int, got {num_items!r}")
@@ -352,6 +355,9 @@ class ShapesSource(base.Source):
         if not start_frames or not all(isinstance(k, int) and k >= 0 for k in start_frames):
             raise ValueError(f"start_frames: need a non-empty sequence of ints >= 0, got {start_frames!r}")
         self.start_frames = start_frames
+        if not isinstance(part_stride, int) or part_stride < 0:
+            raise ValueError(f"part_stride: must be an int >= 0 (0: no part in the captions), got {part_stride!r}")
+        self.part_stride = part_stride
         self.seed = seed
 
     def __len__(self) -> int:
@@ -372,7 +378,8 @@ class ShapesSource(base.Source):
                              background=background, seed=seed, size_range=self.size_range,
                              travel_range=self.travel_range, lateral_spread=self.lateral_spread, motion=self.motion,
                              step_range=self.step_range, trail=self.trail, start_frame=start)
-        return base.Raw(frames, (caption_for(colour, shape, direction),), base.CLIP, f"shapes/{index}")
+        part = start // self.part_stride + 1 if self.part_stride else 1
+        return base.Raw(frames, (caption_for(colour, shape, direction, part),), base.CLIP, f"shapes/{index}")
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, str]:
         return self.augment(self.load_raw(index, None, self.sampling.num_frames),

@@ -248,6 +248,19 @@ def test_the_source_cuts_clips_at_its_start_frames():
     assert set(starts) == {0, 3, 6, 9}
 
 
+def test_part_captions_name_the_window_of_the_trajectory():
+    sampling = transforms.Sampling(num_frames=4, stride=2, height=32, width=32)
+    source = builtin.ShapesSource("shapes", sampling, num_items=12, seed=1, start_frames=(0, 3, 6, 9), part_stride=3,
+                                  **CENTRED)
+    for i in range(12):
+        combo, _, _, start = source.item(i)
+        _, caption = source.load(i, None)
+        assert caption == builtin.caption_for(*combo) + ("" if start == 0 else f", part {start // 3 + 1}")
+    assert builtin.caption_for("red", "circle", "left", 3) == "a red circle moving left, part 3"
+    with pytest.raises(ValueError, match="part_stride"):
+        builtin.ShapesSource("shapes", sampling, part_stride=-1)
+
+
 @pytest.mark.parametrize("direction", list(builtin.DIRECTIONS))
 @pytest.mark.parametrize("motion", [CENTRED, WRAP])
 def test_a_trail_is_a_fading_streak_behind_the_object(direction, motion):

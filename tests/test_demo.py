@@ -117,7 +117,7 @@ def test_evaluation_table_and_sampler_ablation(demo):
     # this size's minute of training reaches neither (colour 0.00-0.06, direction 0.00-0.28 over seeds 0-2 x two
     # float paths; its autoencoder keeps almost no object colour), so they are not asserted here.
     assert set(evaluation["passes"]) == {"colour_accuracy", "direction_accuracy", "junction_ratio", "jump_ratio",
-                                         "motion_ratio"}
+                                         "motion_ratio", "continued_junctions"}
 
 
 def test_temporal_decoder_lowers_flicker(demo):

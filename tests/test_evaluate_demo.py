@@ -104,6 +104,15 @@ def test_config_errors_name_the_field():
         ev.validate_config(c)
 
 
+def test_clip_prompts_name_each_part_when_asked():
+    c = ev.get_default_config()
+    combo = ("red", "circle", "left")
+    assert ev.clip_prompts(c, combo) == ("a red circle moving left",)
+    c.part_prompts = True
+    assert ev.clip_prompts(c, combo) == ("a red circle moving left", "a red circle moving left, part 2",
+                                         "a red circle moving left, part 3", "a red circle moving left, part 4")
+
+
 def test_evaluation_prompts_are_balanced_over_directions():
     c = ev.get_default_config()
     held = builtin.heldout_combos(c.holdout_fraction, c.holdout_seed)
@@ -194,21 +203,47 @@ def test_continuation_marks_need_smooth_junctions_and_motion():
     continuing = _wrapping_videos(combos)
     still = np.repeat(continuing[:, :1], 12, axis=1)  # perfectly smooth at every junction, and not moving
     restarting = np.stack([_long_video(x, i, background="plain") for i, x in enumerate(combos)])
-    scored = {name: ev.score_videos(videos, combos, 4, THRESHOLD, torus=True)
-              for name, videos in zip(ev.VARIANTS, (continuing, still, restarting, continuing[:, ::-1]))}
-    results = _results(scored, c)
+    results = _results({name: ev.score(videos, combos, c, ev.data_scores(c)["motion"])
+                        for name, videos in zip(ev.VARIANTS, (continuing, still, restarting, continuing[:, ::-1]))}, c)
     marks = {name: ev.continuation_marks(scores, c.thresholds) for name, scores in results["model"].items()}
     assert results["data"]["rendered"]["motion_ratio"] == 1.0
-    assert marks["reverse_dsg_pns"] == {"junction_ratio": True, "jump_ratio": True, "motion_ratio": True}
+    assert results["data"]["rendered"]["continued_junctions"] == 1.0
+    assert all(marks["reverse_dsg_pns"].values())
     assert results["model"]["reverse_dsg_pns"]["motion_ratio"] == pytest.approx(1.0, abs=0.05)
-    assert marks["forward_dsg_pns"] == {"junction_ratio": True, "jump_ratio": True, "motion_ratio": False}
+    assert results["model"]["reverse_dsg_pns"]["continued_junctions"] == 1.0
+    assert marks["forward_dsg_pns"] == {"junction_ratio": True, "jump_ratio": True, "motion_ratio": False,
+                                        "continued_junctions": False}
     assert results["model"]["forward_dsg_pns"]["motion"] == 0.0
     assert not marks["reverse_no_dsg_pns"]["jump_ratio"]  # each clip restarts its path
-    assert all(marks["forward_no_dsg_pns"].values())  # time reversed still continues (direction is scored apart)
+    assert results["model"]["reverse_no_dsg_pns"]["continued_junctions"] == 0.0
+    # Time reversed: smooth and moving, but against the prompt's direction at every junction.
+    assert {k for k, v in marks["forward_no_dsg_pns"].items() if not v} == {"continued_junctions"}
+    assert results["model"]["forward_no_dsg_pns"]["continued_junctions"] == 0.0
     assert ev.passes(results, c.thresholds) == {"colour_accuracy": True, "direction_accuracy": True,
-                                                "junction_ratio": True, "jump_ratio": True, "motion_ratio": True}
+                                                "junction_ratio": True, "jump_ratio": True, "motion_ratio": True,
+                                                "continued_junctions": True}
     table = ev.format_marks(results, c.thresholds).splitlines()
-    assert table[0] == "| variant | junction ratio <= 1.5 | jump ratio <= 1.5 | motion ratio >= 0.5 | continues |"
-    assert [row.split(" | ")[-1] for row in table[2:]] == ["yes |", "no |", "no |", "yes |"]
-    assert "(FAIL)" in table[3] and table[3].count("(pass)") == 2
+    assert table[0] == ("| variant | junction ratio <= 1.5 | jump ratio <= 1.5 | motion ratio >= 0.5 | "
+                        "continued junctions >= 0.6 | continues |")
+    assert [row.split(" | ")[-1] for row in table[2:]] == ["yes |", "no |", "no |", "no |"]
+    assert table[3].count("(FAIL)") == 2 and table[3].count("(pass)") == 2
     assert "| data | rendered |" in ev.format_table(results)
+
+
+def test_pinned_prompt_frames_do_not_hide_a_path_that_runs_back_or_restarts():
+    # What the reverse frame mapping can do when DSG pins clip i+1's prompt frames to clip i's last frames, reversed:
+    # the junction itself is a still frame, and the next frames run back along the path or restart it.
+    combos = ev.evaluation_prompts(ev.get_default_config())[:8]
+    continuing = _wrapping_videos(combos)
+    clips = continuing[:, :4]  # one forward clip each
+    ping_pong = np.concatenate([clips, clips[:, ::-1], clips], axis=1)  # forward, back, forward
+    pinned_restart = np.concatenate([clips, clips[:, -1:], clips[:, :3]], axis=1)  # one still frame, then restart
+    step = ev.score_videos(continuing, combos, 4, THRESHOLD, torus=True)["motion"]
+    for video, continued in ((ping_pong, 0.5), (pinned_restart, 0.0)):
+        scores = ev.score_videos(video, combos, 4, THRESHOLD, torus=True, prompt_frames=2, reference_step=step)
+        assert scores["jump_ratio"] < 1.5 and scores["junction_ratio"] < 1.5  # the old marks pass ...
+        assert scores["continued_junctions"] == continued  # ... the new one does not
+        assert continued < ev.get_default_config().thresholds.continued_junctions
+    points = ev.centroids(ev.object_masks(ping_pong[0], THRESHOLD), torus=True)
+    progress = ev.junction_progress(points, [4, 8], 2, combos[0][2], 2 * step, (32, 32))
+    assert progress[0] == pytest.approx(-2 * step, rel=0.2) and progress[1] == pytest.approx(2 * step, rel=0.2)

@@ -64,6 +64,15 @@ def test_demo_arguments_size_seed_motion_and_the_opt_in_baseline():
     assert _demo("motion=continued").unet.config.data.sources[0].params.start_frames == (0, 3, 6, 9)
     mixed = _demo("motion=centred_continued").unet.config.data.sources
     assert [(s.weight, s.params.start_frames) for s in mixed[:2]] == [(0.5, (0,)), (0.5, (3, 6, 9))]
+    assert not plain.evaluate.config.part_prompts and "part_stride" not in mixed[0].params
+    # motion=parts: the same windows, each captioned with its part; the long videos prompt clip k with part k's.
+    parts = _demo("motion=parts")
+    assert [(s.weight, s.params.start_frames, s.params.part_stride) for s in parts.unet.config.data.sources[:2]] == [
+        (0.5, (0,), 3), (0.5, (3, 6, 9), 3)]
+    assert parts.evaluate.config.part_prompts
+    clips = parts.long_video.config.prompts[0].split(" | ")
+    assert clips[1:] == [f"{clips[0]}, part {k}" for k in (2, 3, 4)]
+    assert " | " not in plain.long_video.config.prompts[0]
     for arg in ("tests", "seed=x", "baseline=1", "motion=bounce"):
         with pytest.raises(ValueError, match="unknown argument"):
             _demo(arg)

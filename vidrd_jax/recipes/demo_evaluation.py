@@ -9,7 +9,8 @@ Prompts are the built-in dataset's held-out (colour, shape, direction) combinati
 sampler variant, one batch of VidRD long videos (``sampling.vidrd``: ``num_clips`` clips of ``num_frames`` frames,
 paper Algorithm 1; ``sampling`` has the generator's schema, ``configs/generate_default.py``) is generated per seed
 (``num_prompts`` prompts for the main variant, the first ``ablation_prompts`` for the others, balanced over
-directions and colours: :func:`evaluation_prompts`), and scored on the decoded frames:
+directions and colours: :func:`evaluation_prompts`; with ``part_prompts`` clip k's prompt names part k + 1, as the
+training clips of a longer motion are captioned: :func:`clip_prompts`), and scored on the decoded frames:
 
 * colour accuracy: the moving object's pixels (saturation ``max(rgb) - min(rgb)`` above ``saturation_threshold``;
   the backgrounds are gray) averaged over the first clip, nearest palette colour == the prompt's colour;
@@ -28,6 +29,11 @@ directions and colours: :func:`evaluation_prompts`), and scored on the decoded f
 * motion: the mean distance the centroid moves per frame (all consecutive pairs), and ``motion_ratio``: that over the
   rendered data's (``data`` row: rendered clips of the same combinations, ``num_clips · N`` frames each, drawn with
   ``render``), so a still video, perfectly smooth at every junction, fails the continuation marks;
+* continuation: ``continued_junctions``, the share of junctions where the object goes on in the prompt's direction
+  past clip i+1's reused prompt frames: from clip i's last frame to clip i+1's frame M (``num_prompt_frames``) it
+  advances at least ``MIN_PROGRESS`` of the data's per-frame step, with no step over ``MAX_STEP`` of it. The
+  jump ratio alone passes a video whose prompt frames DSG pins to clip i's last frames and which then runs back
+  along the path (the reverse mapping's prompt frames are clip i's, time-reversed) or restarts it one frame later;
 * the evaluation harness's generic metrics (:mod:`vidrd_jax.evaluate.long_video_metrics`, which also computes the
   junction change): VBench-style ``temporal_flickering`` and ``dynamic_degree`` (OpenCV optical flow), so a still
   video's perfect smoothness shows as dynamic degree 0.
@@ -39,7 +45,8 @@ VidRD ones, scored at the same clip positions, where it has no junction of its o
 main variant. The model's row ``reconstruction`` scores rendered clips of the same combinations (drawn with
 ``render``, the training data's motion ranges) passed through its autoencoder (encoder mean -> decoder): how well the
 decoder keeps colour and motion of real clips. Continuation marks (every variant, a second table): junction ratio
-and jump ratio at most their ``thresholds``, motion ratio at least its: clip i+1 continues clip i, and moves. Results:
+and jump ratio at most their ``thresholds``, motion ratio and continued junctions at least theirs: clip i+1 continues
+clip i, and moves on. Results:
 ``OUT/evaluation.json``, ``OUT/evaluation.md`` (the tables, also printed) and one PNG contact sheet per model and
 variant (``OUT/sheets/``; rows = videos, first ``sheet_videos`` prompts of seed 0).
 """
@@ -72,7 +79,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 MAIN_VARIANT = "reverse_dsg_pns"
 CO_DENOISE = "co_denoise"  # the model's co-denoised videos (eq. 18-19), scored at the same clip positions
-CONTINUATION = ("junction_ratio", "jump_ratio", "motion_ratio")  # marks of every variant
+CONTINUATION = ("junction_ratio", "jump_ratio", "motion_ratio", "continued_junctions")  # marks of every variant
+# A junction continues when the object goes on in the prompt's direction past clip i+1's prompt frames: at least
+# MIN_PROGRESS of the rendered data's per-frame step, with no step longer than MAX_STEP of them (score_videos).
+MIN_PROGRESS, MAX_STEP = 0.5, 2.0
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 OUTPUT_JSON, OUTPUT_TABLE, SHEETS_DIR = "evaluation.json", "evaluation.md", "sheets"
 
@@ -91,6 +101,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.num_prompts = 24  # held-out combinations evaluated with the main variant (<= the number held out)
     c.ablation_prompts = 8  # the first this many of them for the other sampler variants (smoothness ablation)
     c.seeds = (0, 1)
+    # True: clip k of a VidRD video is prompted with part k + 1's caption, as the training clips of a longer motion
+    # are captioned (ShapesSource's part_stride); co-denoising keeps the caption in every window.
+    c.part_prompts = False
     # The generator's settings (``configs/generate_default.py``'s schema; ``mode``, ``seed``, ``fps`` and
     # ``contact_sheet`` are not used): ``vidrd`` for the VidRD variants, ``codenoise`` for the co-denoising row.
     c.sampling = load_module(generate.DEFAULT_CONFIG).get_config()
@@ -100,9 +113,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     c.saturation_threshold = 0.25  # object pixels: max(rgb) - min(rgb) > this ([0, 1] scale)
     c.sheet_videos = 8
     # Pass marks of the main variant, reported in the table: colour and direction accuracy at least, and continuation
-    # (also reported for every variant): junction and jump ratio at most, motion ratio at least these.
+    # (also reported for every variant): junction and jump ratio at most, motion ratio and continued junctions at
+    # least these.
     c.thresholds = ml_collections.ConfigDict(dict(colour_accuracy=0.8, direction_accuracy=0.8, junction_ratio=1.5,
-                                                  jump_ratio=1.5, motion_ratio=0.5))
+                                                  jump_ratio=1.5, motion_ratio=0.5, continued_junctions=0.6))
     return c
 
 
@@ -248,17 +262,49 @@ def centroid_steps(points: Sequence[np.ndarray | None], clip_starts: Sequence[in
     return tuple(float(np.mean(x)) if x else float("nan") for x in (junction, inside, junction + inside))
 
 
+def junction_progress(points: Sequence[np.ndarray | None], clip_starts: Sequence[int], prompt_frames: int,
+                      direction: str, max_step: float, sides: tuple[int, int] | None = None) -> list[float]:
+    """Per junction, how far (pixels, signed) the object's centroid goes in the prompt's ``direction`` from clip i's
+    last frame to clip i+1's first new frame (``prompt_frames`` M after the junction: past the reused prompt frames,
+    which DSG pins to clip i's), summing the steps between (``sides``: on a torus, see :func:`centroid_step`); NaN
+    when a frame of that span has no object or a step is longer than ``max_step`` (a jump, e.g. back to the start
+    of the path, is not a continuation)."""
+    dy, dx = builtin.DIRECTIONS[direction]
+    progress = []
+    for start in clip_starts:
+        span = points[start - 1: min(start + prompt_frames, len(points) - 1) + 1]
+        if any(p is None for p in span):
+            progress.append(float("nan"))
+            continue
+        steps = [centroid_step(a, b, sides) for a, b in zip(span[:-1], span[1:])]
+        if max(float(np.linalg.norm(s)) for s in steps) > max_step:
+            progress.append(float("nan"))
+        else:
+            progress.append(float(sum(s[0] * dy + s[1] * dx for s in steps)))
+    return progress
+
+
 def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frames: int, threshold: float,
-                 torus: bool = False) -> dict[str, float]:
+                 torus: bool = False, prompt_frames: int = 2, reference_step: float | None = None
+                 ) -> dict[str, float]:
     """Metrics of uint8 long videos ``[B, T, H, W, 3]`` (clips of ``clip_frames`` frames) for their combos;
-    ``torus``: objects wrap around the frame's edges (centroids and steps modulo the frame)."""
+    ``torus``: objects wrap around the frame's edges (centroids and steps modulo the frame). ``continued_junctions``
+    is the share of junctions (all videos') whose :func:`junction_progress` over ``prompt_frames`` is at least
+    ``MIN_PROGRESS`` steps of ``reference_step`` pixels (the rendered data's mean per-frame motion; None: these
+    videos' own) with no step longer than ``MAX_STEP`` of them."""
     colour, direction, sign, axis, junction, inside, jumps, steps, motion = [], [], [], [], [], [], [], [], []
     flickering, dynamic = [], []
     starts = list(range(clip_frames, videos.shape[1], clip_frames))
     sides = tuple(videos.shape[2:4]) if torus else None
-    for video, (c, _, d) in zip(videos, combos):
-        masks = object_masks(video, threshold)
-        points = centroids(masks, torus)
+    all_masks = [object_masks(video, threshold) for video in videos]
+    all_points = [centroids(masks, torus) for masks in all_masks]
+    if reference_step is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no object in any frame pair
+            reference_step = float(np.nanmean([centroid_steps(p, starts, sides)[2] for p in all_points]))
+    progress = [x for points, (_, _, d) in zip(all_points, combos)
+                for x in junction_progress(points, starts, prompt_frames, d, MAX_STEP * reference_step, sides)]
+    for video, masks, points, (c, _, d) in zip(videos, all_masks, all_points, combos):
         colour.append(dominant_colour(video[:clip_frames], masks[:clip_frames]) == c)
         four_way, signed, on_axis = direction_scores(centroid_displacement(points[:clip_frames], sides), d)
         direction.append(four_way)
@@ -282,6 +328,8 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
             "junction_change": junction_change,
             "inside_change": inside_change, "junction_ratio": junction_change / max(inside_change, 1e-8),
             "junction_jump": jump, "inside_step": step, "jump_ratio": jump / max(step, 1e-8), "motion": moved,
+            "continued_junctions": float(np.mean(np.nan_to_num(progress, nan=-np.inf)
+                                                 >= MIN_PROGRESS * reference_step)) if progress else float("nan"),
             "temporal_flickering": float(np.mean(flickering)), "dynamic_degree": float(np.mean(dynamic)),
             "num_videos": len(combos)}
 
@@ -293,19 +341,29 @@ def video_frames(c: ml_collections.ConfigDict) -> int:
     return c.sampling.vidrd.num_clips * c.sampling.vidrd.num_frames
 
 
-def generate_videos(pipeline, c: ml_collections.ConfigDict, prompts: Sequence[str], seed: int,
+def clip_prompts(c: ml_collections.ConfigDict, combo: builtin.Combo) -> tuple[str, ...]:
+    """A VidRD video's prompts for ``combo``: its caption for every clip, or with ``part_prompts`` one per clip, clip
+    k's naming part k + 1 (:func:`data_pipelines.builtin.caption_for`)."""
+    if not c.part_prompts:
+        return (builtin.caption_for(*combo),)
+    return tuple(builtin.caption_for(*combo, part=k + 1) for k in range(c.sampling.vidrd.num_clips))
+
+
+def generate_videos(pipeline, c: ml_collections.ConfigDict, combos: Sequence[builtin.Combo], seed: int,
                     variant: str) -> np.ndarray:
-    """uint8 ``[P, num_clips·N, H, W, 3]``: one video per prompt (one batch) by the sampler of ``variant``."""
+    """uint8 ``[P, num_clips·N, H, W, 3]``: one video per combo (one batch) by the sampler of ``variant`` (VidRD:
+    :func:`clip_prompts`; co-denoising: the caption in every window)."""
     import jax
 
-    size = dict(key=jax.random.key(seed), height=c.sampling.resolution, width=c.sampling.resolution,
-                prompts=[(p,) for p in prompts])
+    size = dict(key=jax.random.key(seed), height=c.sampling.resolution, width=c.sampling.resolution)
     if variant == CO_DENOISE:
-        chunks = pipeline.co_denoise(generate_config.co_denoise_config(c.sampling, (prompts[0],)), **size,
-                                     decode_frames=c.sampling.codenoise.decode_frames)
+        prompts = [(builtin.caption_for(*combo),) for combo in combos]
+        chunks = pipeline.co_denoise(generate_config.co_denoise_config(c.sampling, prompts[0]), **size,
+                                     prompts=prompts, decode_frames=c.sampling.codenoise.decode_frames)
     else:
-        config = generate_config.long_video_config(c.sampling, (prompts[0],), **VARIANTS[variant])
-        chunks = pipeline.generate_long_video(config, **size)
+        prompts = [clip_prompts(c, combo) for combo in combos]
+        config = generate_config.long_video_config(c.sampling, prompts[0], **VARIANTS[variant])
+        chunks = pipeline.generate_long_video(config, **size, prompts=prompts)
     return np.concatenate([chunk.frames for chunk in chunks], axis=1)
 
 
@@ -327,38 +385,43 @@ def wraps(c: ml_collections.ConfigDict) -> bool:
     return builtin.crosses_edges(c.render.motion, 0, video_frames(c), c.sampling.vidrd.num_frames)
 
 
+def score(videos: np.ndarray, combos: Sequence[builtin.Combo], c: ml_collections.ConfigDict,
+          reference_step: float | None) -> dict[str, float]:
+    """:func:`score_videos` with the evaluation's settings (clips, prompt frames, threshold, torus)."""
+    v = c.sampling.vidrd
+    return score_videos(videos, combos, v.num_frames, c.saturation_threshold, wraps(c), v.num_prompt_frames,
+                        reference_step)
+
+
 def data_scores(c: ml_collections.ConfigDict) -> dict[str, float]:
-    """The scores of :func:`rendered_clips` themselves: the reference of ``motion_ratio`` (and what a continuing
-    video scores)."""
-    clips, combos = rendered_clips(c)
-    return score_videos(clips, combos, c.sampling.vidrd.num_frames, c.saturation_threshold, wraps(c))
+    """The scores of :func:`rendered_clips` themselves: the reference of ``motion_ratio`` and of the steps of
+    ``continued_junctions`` (and what a continuing video scores)."""
+    return score(*rendered_clips(c), c, None)
 
 
-def reconstruction_scores(pipeline, c: ml_collections.ConfigDict) -> dict[str, float]:
+def reconstruction_scores(pipeline, c: ml_collections.ConfigDict, reference_step: float) -> dict[str, float]:
     """The autoencoder's fidelity: the scores of :func:`rendered_clips` after the pipeline's encoder (posterior mean)
     and decoder. A decoder that washes a colour out of real clips limits the generator too (loosely: the UNet may
     learn latents that decode more saturated than encoded ones)."""
     clips, combos = rendered_clips(c)
     videos = pipeline.decode_clip(pipeline.encode_clip(clips), c.sampling.vidrd.num_frames)
-    return score_videos(videos, combos, c.sampling.vidrd.num_frames, c.saturation_threshold, wraps(c))
+    return score(videos, combos, c, reference_step)
 
 
 def evaluate_model(checkpoint: str, c: ml_collections.ConfigDict, variants: Sequence[str], out_dir: str,
-                   label: str, reconstruction: bool = False) -> dict[str, dict[str, float]]:
+                   label: str, reference_step: float, reconstruction: bool = False) -> dict[str, dict[str, float]]:
     """Scores of ``checkpoint`` for each variant (all prompts x seeds), and under ``"reconstruction"`` its
-    autoencoder's fidelity when asked; writes a contact sheet per variant."""
+    autoencoder's fidelity when asked; writes a contact sheet per variant. ``reference_step``: the rendered data's
+    per-frame motion (:func:`data_scores`' ``motion``)."""
     pipeline = VideoPipeline.from_checkpoint(checkpoint)
-    results = {"reconstruction": reconstruction_scores(pipeline, c)} if reconstruction else {}
+    results = {"reconstruction": reconstruction_scores(pipeline, c, reference_step)} if reconstruction else {}
     for name in variants:
         start = time.perf_counter()
         count = c.num_prompts if name == MAIN_VARIANT else c.ablation_prompts
         combos = evaluation_prompts(c)[:count]
-        prompts = [builtin.caption_for(*combo) for combo in combos]
-        per_seed = [generate_videos(pipeline, c, prompts, seed, name) for seed in c.seeds]
+        per_seed = [generate_videos(pipeline, c, combos, seed, name) for seed in c.seeds]
         videos = np.concatenate(per_seed, axis=0)
-        results[name] = score_videos(videos, list(combos) * len(c.seeds), c.sampling.vidrd.num_frames,
-                                     c.saturation_threshold,
-                                     wraps(c))
+        results[name] = score(videos, list(combos) * len(c.seeds), c, reference_step)
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
         sheet = per_seed[0][: c.sheet_videos]
         os.makedirs(os.path.join(out_dir, SHEETS_DIR), exist_ok=True)
@@ -376,10 +439,11 @@ def add_motion_ratios(results: dict[str, Any]) -> None:
 
 
 def continuation_marks(scores: dict[str, float], thresholds: ml_collections.ConfigDict) -> dict[str, bool]:
-    """Junction and jump ratio at most, motion ratio at least their marks (NaN fails)."""
+    """Junction and jump ratio at most, motion ratio and continued junctions at least their marks (NaN fails)."""
     return {"junction_ratio": bool(scores["junction_ratio"] <= thresholds.junction_ratio),
             "jump_ratio": bool(scores["jump_ratio"] <= thresholds.jump_ratio),
-            "motion_ratio": bool(scores["motion_ratio"] >= thresholds.motion_ratio)}
+            "motion_ratio": bool(scores["motion_ratio"] >= thresholds.motion_ratio),
+            "continued_junctions": bool(scores["continued_junctions"] >= thresholds.continued_junctions)}
 
 
 def passes(results: dict[str, Any], thresholds: ml_collections.ConfigDict) -> dict[str, bool]:
@@ -394,7 +458,7 @@ def format_table(results: dict[str, Any]) -> str:
     """Markdown table: one row per (model, variant)."""
     columns = ("colour_accuracy", "direction_accuracy", "direction_sign_accuracy", "direction_axis_accuracy",
                "junction_change", "inside_change", "junction_ratio", "jump_ratio", "motion", "motion_ratio",
-               "temporal_flickering", "dynamic_degree")
+               "continued_junctions", "temporal_flickering", "dynamic_degree")
     lines = ["| model | variant | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for model in ("model", "baseline", "data"):
         for variant, scores in results.get(model, {}).items():
@@ -405,7 +469,7 @@ def format_table(results: dict[str, Any]) -> str:
 def format_marks(results: dict[str, Any], thresholds: ml_collections.ConfigDict) -> str:
     """Markdown table of the continuation marks for every sampler variant of the model under test."""
     head = (f"junction ratio <= {thresholds.junction_ratio}", f"jump ratio <= {thresholds.jump_ratio}",
-            f"motion ratio >= {thresholds.motion_ratio}")
+            f"motion ratio >= {thresholds.motion_ratio}", f"continued junctions >= {thresholds.continued_junctions}")
     lines = ["| variant | " + " | ".join(head) + " | continues |", "|" + "---|" * (len(head) + 2)]
     for variant in (v for v in (*VARIANTS, CO_DENOISE) if v in results["model"]):
         scores = results["model"][variant]
@@ -426,17 +490,19 @@ def run(c: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
             except (OSError, ValueError) as e:
                 raise cli.UsageError(f"{field}: {e}") from None
     start = time.perf_counter()
+    data = data_scores(c)
     results: dict[str, Any] = {"model": evaluate_model(c.checkpoint, c, [*VARIANTS, CO_DENOISE], out_dir, "model",
-                                                       reconstruction=True)}
+                                                       data["motion"], reconstruction=True)}
     if c.baseline_checkpoint:
-        results["baseline"] = evaluate_model(c.baseline_checkpoint, c, [MAIN_VARIANT], out_dir, "baseline")
-    results["data"] = {"rendered": data_scores(c)}
+        results["baseline"] = evaluate_model(c.baseline_checkpoint, c, [MAIN_VARIANT], out_dir, "baseline",
+                                             data["motion"])
+    results["data"] = {"rendered": data}
     add_motion_ratios(results)
     verdict = passes(results, c.thresholds)
-    table = format_table(results) + "\n\nContinuation marks (clip i+1 continues clip i, and moves):\n\n" + format_marks(
-        results, c.thresholds)
+    table = (format_table(results) + "\n\nContinuation marks (clip i+1 continues clip i, and moves on):\n\n"
+             + format_marks(results, c.thresholds))
     record = {"config": c.to_dict(), "results": results, "passes": verdict,
-              "prompts": [builtin.caption_for(*x) for x in evaluation_prompts(c)],
+              "prompts": [" | ".join(clip_prompts(c, x)) for x in evaluation_prompts(c)],
               "seconds": round(time.perf_counter() - start, 1)}
     os.makedirs(out_dir, exist_ok=True)
     with cli.atomic_write(os.path.join(out_dir, OUTPUT_JSON)) as f:
