@@ -50,12 +50,12 @@ NUM_CLIPS = 4  # clips per long video
 # going on, and every long-video clip restarts it or runs back along it. "parts": half the clips show the centred
 # path; the other half show that path going on past the clip (wrapping at the edges) from where the long video's
 # later clips start, each captioned with its part (", part k": the clip starting at frame 3(k-1), PART_MOTIONS), and
-# the long videos prompt clip k with part k's caption, so clip k+1 goes on from clip k (in some training runs; with
-# half the clips on the centred path the sign is learned less reliably). "continued": clips start where the long
-# video's clips do, all captioned alike; "centred_continued": "parts" without the part captions; "wrap": random
-# phases of endless wrapping paths; "wrap_trail": the same, each object trailing a fading streak; "centred_wrap":
-# half centred, half wrapping. Without part captions, every motion whose clips start anywhere but the path's start
-# loses the direction's sign.
+# the long videos prompt clip k with part k's caption, so clip k+1 goes on from clip k where the model learns the
+# direction's sign, which half the clips on the centred path teach less reliably than "centred" (2 of 6 measured runs
+# meet every mark). "continued": clips start where the long video's clips do, all captioned alike;
+# "centred_continued": "parts" without the part captions; "wrap": random phases of endless wrapping paths;
+# "wrap_trail": the same, each object trailing a fading streak; "centred_wrap": half centred, half wrapping. Without
+# part captions, every motion whose clips start anywhere but the path's start loses the direction's sign.
 # What each gives: BENCHMARKS.md, section "End-to-end demo".
 CONTINUED_STARTS = tuple(range(0, NUM_CLIPS * (FRAMES - 1), FRAMES - 1))  # where the long video's clips start
 CENTRED = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
