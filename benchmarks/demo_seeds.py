@@ -85,8 +85,8 @@ def main() -> None:
     parser.add_argument("--size", choices=("test", "full"), default="test")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--isa", nargs="+", default=["default", "AVX2"], help="default, SSE4_2, AVX, AVX2, AVX512")
-    parser.add_argument("--motion", default="", help="configs/demo.py's motion=NAME (its MOTIONS; default: "
-                        "the config's default for the size)")
+    parser.add_argument("--motion", default="", help="configs/demo.py's motion=NAME (its MOTIONS; default: the "
+                        "config's)")
     parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, passed as --config.KEY=VALUE (e.g. unet.config.total_steps=540)")
     parser.add_argument("--root", type=Path, required=True, help="one workdir per run goes under it")
