@@ -298,13 +298,14 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
     sides = tuple(videos.shape[2:4]) if torus else None
     all_masks = [object_masks(video, threshold) for video in videos]
     all_points = [centroids(masks, torus) for masks in all_masks]
+    all_steps = [centroid_steps(points, starts, sides) for points in all_points]  # (junction, inside, all) per video
     if reference_step is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no object in any frame pair
-            reference_step = float(np.nanmean([centroid_steps(p, starts, sides)[2] for p in all_points]))
+            reference_step = float(np.nanmean([moved for _, _, moved in all_steps]))
     progress = [x for points, (_, _, d) in zip(all_points, combos)
                 for x in junction_progress(points, starts, prompt_frames, d, MAX_STEP * reference_step, sides)]
-    for video, masks, points, (c, _, d) in zip(videos, all_masks, all_points, combos):
+    for video, masks, points, (jump, step, moved), (c, _, d) in zip(videos, all_masks, all_points, all_steps, combos):
         colour.append(dominant_colour(video[:clip_frames], masks[:clip_frames]) == c)
         four_way, signed, on_axis = direction_scores(centroid_displacement(points[:clip_frames], sides), d)
         direction.append(four_way)
@@ -315,7 +316,6 @@ def score_videos(videos: np.ndarray, combos: Sequence[builtin.Combo], clip_frame
         inside.append(change.inside_change)
         flickering.append(long_video_metrics.temporal_flickering(video))
         dynamic.append(long_video_metrics.dynamic_degree(video).dynamic)
-        jump, step, moved = centroid_steps(points, starts, sides)
         jumps.append(jump)
         steps.append(step)
         motion.append(moved)
