@@ -65,11 +65,13 @@ def test_demo_arguments_size_seed_motion_and_the_opt_in_baseline():
     mixed = _demo("motion=centred_continued").unet.config.data.sources
     assert [(s.weight, s.params.start_frames) for s in mixed[:2]] == [(0.5, (0,)), (0.5, (3, 6, 9))]
     assert not plain.evaluate.config.part_prompts and "part_stride" not in mixed[0].params
-    # motion=parts: the same windows, each captioned with its part; the long videos prompt clip k with part k's.
-    parts = _demo("motion=parts")
+    # The full size's default, motion=parts: a quarter of the clips go on past the centred path, each captioned with
+    # its part; the long videos prompt clip k with part k's. parts_even: the same at half and half.
+    parts, even = _demo(""), _demo("motion=parts_even")
     assert [(s.weight, s.params.start_frames, s.params.part_stride) for s in parts.unet.config.data.sources[:2]] == [
-        (0.5, (0,), 3), (0.5, (3, 6, 9), 3)]
-    assert parts.evaluate.config.part_prompts
+        (0.75, (0,), 3), (0.25, (3, 6, 9), 3)]
+    assert [(s.weight, s.params.part_stride) for s in even.unet.config.data.sources[:2]] == [(0.5, 3), (0.5, 3)]
+    assert parts.evaluate.config.part_prompts and even.evaluate.config.part_prompts
     clips = parts.long_video.config.prompts[0].split(" | ")
     assert clips[1:] == [f"{clips[0]}, part {k}" for k in (2, 3, 4)]
     assert " | " not in plain.long_video.config.prompts[0]
