@@ -45,15 +45,15 @@ generate_default = load_module(Path(__file__).with_name("generate_default.py"))
 RESOLUTION = 32
 FRAMES = 4  # keyframes per training clip = frames per generated clip (N)
 NUM_CLIPS = 4  # clips per long video
-# Argument motion=NAME: the shapes sources' (weight, render_clip motion, start frames); the evaluation renders the
-# last one's motion. "parts" (the full size's default): three quarters of the clips show the centred path (each spans
-# half the frame through its centre line, so where the object is also tells its direction, which the direction mark
-# relies on at this budget); the other quarter show that path going on past the clip (wrapping at the edges) from
-# where the long video's later clips start, each captioned with its part (", part k": the clip starting at frame
-# 3(k-1), PART_MOTIONS). The long videos prompt clip k with part k's caption, so clip k+1 goes on from clip k.
-# "parts_even": the same at half and half, which teaches the direction's sign less reliably. "centred" (the test
-# size's default): the centred path alone; no clip shows the path going on, and every long-video clip restarts it or
-# runs back along it. "continued": clips start where the long video's clips do, all captioned alike;
+# Argument motion=NAME: the shapes sources' (weight, render_clip motion, start frames); the evaluation renders the last
+# one's motion. "parts" (the full size's default): three quarters of the clips show the centred path (each spans half
+# the frame through its centre line, so where the object is also tells its direction, which the direction mark relies on
+# at this budget); the other quarter show that path going on past the clip (wrapping at the edges) from where the long
+# video's later clips start, each captioned with its part (", part k": the clip starting at frame 3(k-1), PART_MOTIONS).
+# The long videos prompt clip k with part k's caption, so clip k+1 goes on from clip k. "parts_35" and "parts_even": the
+# same with 35 % and half of the clips part-captioned ("parts_even" teaches the direction's sign less reliably).
+# "centred" (the test size's default): the centred path alone; no clip shows the path going on, and every long-video
+# clip restarts it or runs back along it. "continued": clips start where the long video's clips do, all captioned alike;
 # "centred_continued": "parts_even" without the part captions; "wrap": random phases of endless wrapping paths;
 # "wrap_trail": the same, each object trailing a fading streak; "centred_wrap": half centred, half wrapping. Without
 # part captions, every motion whose clips start anywhere but the path's start loses the direction's sign.
@@ -62,6 +62,7 @@ CONTINUED_STARTS = tuple(range(0, NUM_CLIPS * (FRAMES - 1), FRAMES - 1))  # wher
 CENTRED = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
 WRAP = dict(motion="wrap", step_range=(0.16, 0.18), lateral_spread=0.0)
 MOTIONS = {"parts": [(0.75, CENTRED, (0,)), (0.25, CENTRED, CONTINUED_STARTS[1:])],
+           "parts_35": [(0.65, CENTRED, (0,)), (0.35, CENTRED, CONTINUED_STARTS[1:])],
            "parts_even": [(0.5, CENTRED, (0,)), (0.5, CENTRED, CONTINUED_STARTS[1:])],
            "centred": [(1.0, CENTRED, (0,))],
            "continued": [(1.0, CENTRED, CONTINUED_STARTS)],
@@ -69,7 +70,7 @@ MOTIONS = {"parts": [(0.75, CENTRED, (0,)), (0.25, CENTRED, CONTINUED_STARTS[1:]
            "wrap": [(1.0, WRAP, (0,))],
            "wrap_trail": [(1.0, dict(WRAP, trail=1.5), (0,))],
            "centred_wrap": [(0.5, CENTRED, (0,)), (0.5, WRAP, (0,))]}
-PART_MOTIONS = ("parts", "parts_even")  # motions whose captions and long-video prompts name the part
+PART_MOTIONS = ("parts", "parts_35", "parts_even")  # motions whose captions and long-video prompts name the part
 
 
 def _data(num_frames: int, photos_weight: float, motion: str) -> ml_collections.ConfigDict:

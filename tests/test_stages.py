@@ -66,12 +66,14 @@ def test_demo_arguments_size_seed_motion_and_the_opt_in_baseline():
     assert [(s.weight, s.params.start_frames) for s in mixed[:2]] == [(0.5, (0,)), (0.5, (3, 6, 9))]
     assert not plain.evaluate.config.part_prompts and "part_stride" not in mixed[0].params
     # The full size's default, motion=parts: a quarter of the clips go on past the centred path, each captioned with
-    # its part; the long videos prompt clip k with part k's. parts_even: the same at half and half.
+    # its part; the long videos prompt clip k with part k's. parts_35, parts_even: the same at 35 % and half.
     parts, even = _demo(""), _demo("motion=parts_even")
     assert [(s.weight, s.params.start_frames, s.params.part_stride) for s in parts.unet.config.data.sources[:2]] == [
         (0.75, (0,), 3), (0.25, (3, 6, 9), 3)]
     assert [(s.weight, s.params.part_stride) for s in even.unet.config.data.sources[:2]] == [(0.5, 3), (0.5, 3)]
-    assert parts.evaluate.config.part_prompts and even.evaluate.config.part_prompts
+    third = _demo("motion=parts_35")
+    assert [(s.weight, s.params.part_stride) for s in third.unet.config.data.sources[:2]] == [(0.65, 3), (0.35, 3)]
+    assert all(c.evaluate.config.part_prompts for c in (parts, third, even))
     clips = parts.long_video.config.prompts[0].split(" | ")
     assert clips[1:] == [f"{clips[0]}, part {k}" for k in (2, 3, 4)]
     assert " | " not in plain.long_video.config.prompts[0]
