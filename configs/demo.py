@@ -61,12 +61,20 @@ NUM_CLIPS = 4  # clips per long video
 CONTINUED_STARTS = tuple(range(0, NUM_CLIPS * (FRAMES - 1), FRAMES - 1))  # where the long video's clips start
 CENTRED = dict(travel_range=(0.5, 0.55), lateral_spread=0.0)
 WRAP = dict(motion="wrap", step_range=(0.16, 0.18), lateral_spread=0.0)
-MOTIONS = {"parts": [(0.75, CENTRED, (0,)), (0.25, CENTRED, CONTINUED_STARTS[1:])],
-           "parts_35": [(0.65, CENTRED, (0,)), (0.35, CENTRED, CONTINUED_STARTS[1:])],
-           "parts_even": [(0.5, CENTRED, (0,)), (0.5, CENTRED, CONTINUED_STARTS[1:])],
+
+
+def _later_windows(share: float) -> list:
+    """The centred path from frame 0 for 1 - ``share`` of the clips; its later windows, from where the long video's
+    later clips start, for ``share``."""
+    return [(1 - share, CENTRED, (0,)), (share, CENTRED, CONTINUED_STARTS[1:])]
+
+
+MOTIONS = {"parts": _later_windows(0.25),
+           "parts_35": _later_windows(0.35),
+           "parts_even": _later_windows(0.5),
            "centred": [(1.0, CENTRED, (0,))],
            "continued": [(1.0, CENTRED, CONTINUED_STARTS)],
-           "centred_continued": [(0.5, CENTRED, (0,)), (0.5, CENTRED, CONTINUED_STARTS[1:])],
+           "centred_continued": _later_windows(0.5),
            "wrap": [(1.0, WRAP, (0,))],
            "wrap_trail": [(1.0, dict(WRAP, trail=1.5), (0,))],
            "centred_wrap": [(0.5, CENTRED, (0,)), (0.5, WRAP, (0,))]}
